@@ -1,0 +1,25 @@
+//! `rekey-reader`: wiring only; the loop is [`rekey::reader`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rekey::config::Role;
+use rekey::telemetry::LogFormat;
+
+#[derive(Parser, Debug)]
+#[command(name = "rekey-reader", version, about = "rekey reader: legacy PostgreSQL (pgoutput) -> rekeyed events -> Kafka")]
+struct Args {
+    /// The rekey TOML config (REKEY_* environment variables override it).
+    #[arg(long, env = "REKEY_CONFIG")]
+    config: PathBuf,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let flags = rekey::service::Flags { config: args.config, log_format: args.log_format };
+    rekey::service::main("rekey-reader", Role::Reader, flags, rekey::reader::run)
+}

@@ -1,0 +1,454 @@
+//! Configuration: one TOML file (`--config PATH`) plus `REKEY_` environment overrides.
+//!
+//! Unknown fields are errors (`deny_unknown_fields`), defaults are named constants, and
+//! [`Config::validate`] names the field and the rule it breaks. Secrets (the id secret,
+//! passwords inside URLs) are never serialised, logged or exported as metrics.
+//!
+//! Environment overrides (each wins over the file):
+//! `REKEY_SOURCE_URL`, `REKEY_TARGET_URL`, `REKEY_KAFKA_BROKERS`, `REKEY_KAFKA_TOPIC`,
+//! `REKEY_KAFKA_GROUP_ID`, `REKEY_ID_SECRET`, `REKEY_SLOT`, `REKEY_PUBLICATION`,
+//! `REKEY_METRICS_ADDR`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+pub const DEFAULT_SLOT: &str = "rekey";
+pub const DEFAULT_PUBLICATION: &str = "rekey";
+pub const DEFAULT_TOPIC: &str = "rekey.changes";
+pub const DEFAULT_GROUP_ID: &str = "rekey-writer";
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 10;
+/// A chunk of a large transaction is cut at this many changes…
+pub const DEFAULT_CHUNK_MAX_CHANGES: usize = 2_000;
+/// …or at this many bytes of row images, whichever comes first (below Kafka's 1 MB default).
+pub const DEFAULT_CHUNK_MAX_BYTES: usize = 512 * 1024;
+/// Messages published but not yet acknowledged before the reader stops reading.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// The writer commits a target transaction after this many changes (whole source
+/// transactions only).
+pub const DEFAULT_BATCH_MAX_CHANGES: usize = 5_000;
+/// How long the writer waits for more messages before committing what it has.
+pub const DEFAULT_BATCH_LINGER_MS: u64 = 20;
+
+/// An environment override: variable name and the field it sets, for the docs and errors.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("REKEY_SOURCE_URL", "source.url"),
+    ("REKEY_TARGET_URL", "target.url"),
+    ("REKEY_KAFKA_BROKERS", "kafka.brokers"),
+    ("REKEY_KAFKA_TOPIC", "kafka.topic"),
+    ("REKEY_KAFKA_GROUP_ID", "kafka.group_id"),
+    ("REKEY_ID_SECRET", "rekey.secret"),
+    ("REKEY_SLOT", "source.slot"),
+    ("REKEY_PUBLICATION", "source.publication"),
+    ("REKEY_METRICS_ADDR", "telemetry.metrics_addr"),
+];
+
+/// A value that must never be printed.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub rekey: RekeyConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The migrated tables, parents before children.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// libpq-style URL of the legacy database (a password inside is a secret).
+    #[serde(default)]
+    pub url: Secret,
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_secs: u64,
+    #[serde(default = "default_chunk_changes")]
+    pub chunk_max_changes: usize,
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_max_bytes: usize,
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    #[serde(default)]
+    pub url: Secret,
+    #[serde(default = "default_batch_changes")]
+    pub batch_max_changes: usize,
+    #[serde(default = "default_linger")]
+    pub batch_linger_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    #[serde(default)]
+    pub brokers: String,
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Raw librdkafka settings passed through to producer and consumer (SASL, TLS,
+    /// compression, …). The settings rekey's guarantees rest on cannot be overridden.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyConfig {
+    /// The id secret; set it through `REKEY_ID_SECRET`, not in the file.
+    #[serde(default)]
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Where `/metrics` is served, e.g. `0.0.0.0:9187`; off when empty.
+    #[serde(default)]
+    pub metrics_addr: String,
+}
+
+/// How one legacy table maps to the new schema.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Legacy table, `name` or `schema.name` (default schema `public`).
+    pub name: String,
+    /// Target table (default: the legacy table name, schema `public`).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// UUID namespace (default: the target table name).
+    #[serde(default)]
+    pub entity: Option<String>,
+    /// The legacy integer primary-key column that becomes `id uuid` + `legacy_id`.
+    /// Leave out for tables whose key is composite: their key columns are carried over,
+    /// rekeyed where they are references.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Foreign-key columns and the entity they point at: the value becomes that
+    /// entity's UUID (the column keeps its name).
+    #[serde(default)]
+    pub references: BTreeMap<String, String>,
+    /// Extra target columns computed by rekeying a legacy column into a namespace.
+    #[serde(default)]
+    pub derive: Vec<DeriveConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeriveConfig {
+    pub column: String,
+    pub from: String,
+    pub entity: String,
+}
+
+fn default_slot() -> String {
+    DEFAULT_SLOT.into()
+}
+fn default_publication() -> String {
+    DEFAULT_PUBLICATION.into()
+}
+fn default_heartbeat() -> u64 {
+    DEFAULT_HEARTBEAT_SECS
+}
+fn default_chunk_changes() -> usize {
+    DEFAULT_CHUNK_MAX_CHANGES
+}
+fn default_chunk_bytes() -> usize {
+    DEFAULT_CHUNK_MAX_BYTES
+}
+fn default_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
+}
+fn default_batch_changes() -> usize {
+    DEFAULT_BATCH_MAX_CHANGES
+}
+fn default_linger() -> u64 {
+    DEFAULT_BATCH_LINGER_MS
+}
+fn default_topic() -> String {
+    DEFAULT_TOPIC.into()
+}
+fn default_group() -> String {
+    DEFAULT_GROUP_ID.into()
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+impl Default for TargetConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+/// Which service is asking: each needs a different subset of the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Reader,
+    Writer,
+    Control,
+}
+
+impl Config {
+    /// Reads the file, applies the environment, validates for `role`.
+    pub fn load(path: &Path, role: Role) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mut config = Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        config.apply_env(|k| std::env::var(k).ok());
+        config.validate(role)?;
+        Ok(config)
+    }
+
+    /// Parses TOML; the message names the offending field and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            // toml's message is multi-line with a source excerpt; keep one line.
+            let msg = e.message().to_string();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}: {msg}")
+                }
+                None => msg,
+            }
+        })
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+        for (var, _) in ENV_OVERRIDES {
+            let Some(v) = get(var) else { continue };
+            match *var {
+                "REKEY_SOURCE_URL" => self.source.url = Secret(v),
+                "REKEY_TARGET_URL" => self.target.url = Secret(v),
+                "REKEY_KAFKA_BROKERS" => self.kafka.brokers = v,
+                "REKEY_KAFKA_TOPIC" => self.kafka.topic = v,
+                "REKEY_KAFKA_GROUP_ID" => self.kafka.group_id = v,
+                "REKEY_ID_SECRET" => self.rekey.secret = Secret(v),
+                "REKEY_SLOT" => self.source.slot = v,
+                "REKEY_PUBLICATION" => self.source.publication = v,
+                "REKEY_METRICS_ADDR" => self.telemetry.metrics_addr = v,
+                _ => unreachable!("every ENV_OVERRIDES entry is handled"),
+            }
+        }
+    }
+
+    pub fn validate(&self, role: Role) -> Result<(), Error> {
+        let bad = |field: &str, rule: &str| Err(Error::Config(format!("{field}: {rule}")));
+        let needs_source = matches!(role, Role::Reader);
+        let needs_target = matches!(role, Role::Writer);
+        if needs_source && self.source.url.0.is_empty() {
+            return bad("source.url", "missing: set it in the file or REKEY_SOURCE_URL");
+        }
+        if needs_target && self.target.url.0.is_empty() {
+            return bad("target.url", "missing: set it in the file or REKEY_TARGET_URL");
+        }
+        if role != Role::Control && self.kafka.brokers.trim().is_empty() {
+            return bad("kafka.brokers", "missing: set it in the file or REKEY_KAFKA_BROKERS");
+        }
+        if needs_source {
+            if self.rekey.secret.0.is_empty() {
+                return bad("rekey.secret", "missing: set REKEY_ID_SECRET (at least 16 bytes, keep it forever: it defines every UUID)");
+            }
+            if self.rekey.secret.0.len() < crate::rekey::MIN_SECRET_BYTES {
+                return bad("rekey.secret", "too short: REKEY_ID_SECRET must be at least 16 bytes");
+            }
+        }
+        if !is_identifier(&self.source.slot) {
+            return bad("source.slot", "must be lower-case letters, digits and underscores");
+        }
+        if !is_identifier(&self.source.publication) {
+            return bad("source.publication", "must be lower-case letters, digits and underscores");
+        }
+        if self.kafka.topic.is_empty() {
+            return bad("kafka.topic", "must not be empty");
+        }
+        if self.source.chunk_max_changes == 0 || self.source.chunk_max_bytes < 1024 {
+            return bad("source.chunk_max_changes/chunk_max_bytes", "must be at least 1 change / 1024 bytes");
+        }
+        if self.target.batch_max_changes == 0 {
+            return bad("target.batch_max_changes", "must be at least 1");
+        }
+        if self.tables.is_empty() {
+            return bad("tables", "no [[tables]] configured: list the legacy tables to migrate");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let field = format!("tables[{i}] ({})", t.name);
+            if !seen.insert(t.source_name()) {
+                return bad(&field, "listed twice");
+            }
+            if t.name.is_empty() {
+                return bad(&field, "name must not be empty");
+            }
+            for d in &t.derive {
+                if t.references.contains_key(&d.column) || Some(&d.column) == t.id.as_ref() {
+                    return bad(&field, &format!("derived column {} clashes with a key column", d.column));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rekeyer(&self) -> crate::rekey::Rekeyer {
+        crate::rekey::Rekeyer::new(self.rekey.secret.0.as_bytes())
+    }
+
+    /// The configured table for a legacy `schema.name`.
+    pub fn table(&self, schema: &str, name: &str) -> Option<&TableConfig> {
+        self.tables.iter().find(|t| t.source_parts() == (schema, name))
+    }
+}
+
+impl TableConfig {
+    /// `(schema, name)` of the legacy table.
+    pub fn source_parts(&self) -> (&str, &str) {
+        split_qualified(&self.name)
+    }
+    pub fn source_name(&self) -> String {
+        let (s, n) = self.source_parts();
+        format!("{s}.{n}")
+    }
+    /// `(schema, name)` of the target table.
+    pub fn target_parts(&self) -> (&str, &str) {
+        match &self.target {
+            Some(t) => split_qualified(t),
+            None => ("public", self.source_parts().1),
+        }
+    }
+    pub fn target_name(&self) -> String {
+        let (s, n) = self.target_parts();
+        format!("{s}.{n}")
+    }
+    pub fn entity(&self) -> &str {
+        self.entity.as_deref().unwrap_or(self.target_parts().1)
+    }
+}
+
+fn split_qualified(name: &str) -> (&str, &str) {
+    name.split_once('.').unwrap_or(("public", name))
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.len() < 64 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a possibly schema-qualified name (`schema.table`).
+pub fn quote_qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+        [[tables]]
+        name = "prompt_labs"
+        id = "id"
+    "#;
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Config::parse("[kafka]\nbrokers = \"x\"\nbrokr = \"y\"\n").unwrap_err();
+        assert!(err.contains("unknown field `brokr`"), "{err}");
+        assert!(err.starts_with("line 3"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_win_and_missing_secret_is_named() {
+        let mut c = Config::parse(MINIMAL).unwrap();
+        c.apply_env(|k| (k == "REKEY_SOURCE_URL").then(|| "postgres://x/y".to_string()));
+        let err = c.validate(Role::Reader).unwrap_err().to_string();
+        assert!(err.contains("rekey.secret") && err.contains("REKEY_ID_SECRET"), "{err}");
+        c.apply_env(|k| (k == "REKEY_ID_SECRET").then(|| "0123456789abcdef0123".to_string()));
+        c.validate(Role::Reader).unwrap();
+        assert_eq!(c.source.url.expose(), "postgres://x/y");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let mut c = Config::parse(MINIMAL).unwrap();
+        c.rekey.secret = Secret::new("very-secret-value-123");
+        assert!(!format!("{c:?}").contains("very-secret-value-123"));
+    }
+
+    #[test]
+    fn defaults_are_the_named_constants() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.source.slot, DEFAULT_SLOT);
+        assert_eq!(c.target.batch_max_changes, DEFAULT_BATCH_MAX_CHANGES);
+        assert_eq!(c.tables[0].entity(), "prompt_labs");
+        assert_eq!(c.tables[0].target_name(), "public.prompt_labs");
+    }
+
+    #[test]
+    fn the_promptstudio_config_is_valid() {
+        let text = include_str!("../../../deploy/promptstudio/rekey.toml");
+        let mut c = Config::parse(text).unwrap();
+        c.apply_env(|k| match k {
+            "REKEY_SOURCE_URL" => Some("postgres://a/b".into()),
+            "REKEY_TARGET_URL" => Some("postgres://a/c".into()),
+            "REKEY_ID_SECRET" => Some("0123456789abcdef0123".into()),
+            _ => None,
+        });
+        c.validate(Role::Reader).unwrap();
+        c.validate(Role::Writer).unwrap();
+        assert_eq!(c.tables.len(), 9);
+    }
+}

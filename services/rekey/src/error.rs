@@ -1,0 +1,114 @@
+//! The library's error type and its one classification into retryable and fatal.
+//!
+//! `Display` says what failed in this layer; the binaries print the whole source chain
+//! on one line ([`Error::one_line`]). A user error (bad config, a source that is not set
+//! up for logical replication, a table without a key) is fatal and names what to fix.
+//! Anything unknown is retryable with backoff, never skipped.
+
+use std::error::Error as _;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration: fatal, names the field.
+    #[error("config {0}")]
+    Config(String),
+    /// The environment is not what rekey needs (wal_level, missing key, missing table):
+    /// fatal, says what to change.
+    #[error("{0}")]
+    Setup(String),
+    #[error("source database: {context}")]
+    Source {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("replication stream")]
+    Replication(#[from] pgwire_replication::PgWireError),
+    #[error("kafka: {context}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("target database: {context}")]
+    Target {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// An event the writer cannot apply: the pipeline stops rather than skip it.
+    #[error("event at {topic}[{partition}]@{offset}: {reason}")]
+    Poison { topic: String, partition: i32, offset: i64, reason: String },
+    #[error("decoding the replication stream")]
+    Decode(#[from] crate::pgoutput::DecodeError),
+    /// A broken invariant: stop before anything is lost.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+}
+
+impl Error {
+    pub fn source_db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Source { context, source }
+    }
+    pub fn target_db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Target { context, source }
+    }
+    pub fn kafka(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+        let context = context.into();
+        move |source| Self::Kafka { context, source }
+    }
+
+    /// Whether waiting and trying again can help. Unknown means yes.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Config(_) | Error::Setup(_) | Error::Poison { .. } | Error::Decode(_) | Error::Invariant(_) => false,
+            Error::Source { source, .. } | Error::Target { source, .. } => pg_retryable(source),
+            Error::Replication(e) => !matches!(
+                e,
+                pgwire_replication::PgWireError::Auth(_) | pgwire_replication::PgWireError::MessageTooLarge { .. }
+            ) && !replication_setup_error(e),
+            Error::Kafka { source, .. } => !matches!(
+                source.rdkafka_error_code(),
+                Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
+                    | Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
+                    | Some(rdkafka::types::RDKafkaErrorCode::InvalidConfig)
+            ),
+        }
+    }
+
+    /// The error and all its causes on one line: what a user reads.
+    pub fn one_line(&self) -> String {
+        let mut line = self.to_string();
+        let mut cause = self.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !text.is_empty() && !line.contains(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = c.source();
+        }
+        line.replace('\n', " ")
+    }
+}
+
+/// SQLSTATE classes that mean "fix something, retrying will not help".
+fn pg_retryable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true, // connection-level: the server may be restarting
+        Some(code) => {
+            let class = &code.code()[..2];
+            // 08 connection, 40 serialization/deadlock, 53 resources, 57 operator
+            // intervention (shutdown), 58 system errors, 55 object in use (slot active).
+            matches!(class, "08" | "40" | "53" | "55" | "57" | "58")
+        }
+    }
+}
+
+fn replication_setup_error(e: &pgwire_replication::PgWireError) -> bool {
+    let text = e.to_string();
+    // A missing slot or publication will not come back by itself.
+    text.contains("does not exist") || text.contains("wal_level")
+}

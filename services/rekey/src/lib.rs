@@ -1,0 +1,41 @@
+//! rekey: the library behind `rekey-reader`, `rekey-writer` and `rekeyctl`.
+//!
+//! ```text
+//! legacy PostgreSQL ──pgoutput──▶ reader ──rekey──▶ Batch (protobuf) ──▶ Kafka ──▶ writer ──▶ new PostgreSQL
+//!                    (slot)        │                                     (1 partition)  │
+//!        confirm LSN ◀── broker ack┘                     checkpoint in the same target txn┘
+//! ```
+//!
+//! Modules, in the order data flows through them:
+//! - [`config`]: the TOML mapping config with `REKEY_` environment overrides.
+//! - [`slot`]: source checks, publication and replication slot management.
+//! - [`pgoutput`]: decoding of the logical replication messages.
+//! - [`rekey`]: the pure `(secret, entity, legacy key) → UUID` function.
+//! - [`mapping`]: turns a legacy row into the target row image (keys and foreign keys rekeyed).
+//! - [`event`]: the protobuf types built from `proto/`.
+//! - [`publish`]: the Kafka producer side and broker/topic checks.
+//! - [`reader`]: the streaming loop that ties the above together.
+//! - [`target`]: the target catalog (columns, keys, soft delete).
+//! - [`apply`]: idempotent, order-guarded batched writes into the target.
+//! - [`checkpoint`]: the writer's position, kept in the target in the applying transaction.
+//! - [`writer`]: the consuming loop.
+//! - [`telemetry`]: logging set-up and all metric names.
+
+pub mod apply;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod mapping;
+pub mod pgoutput;
+pub mod publish;
+pub mod reader;
+pub mod rekey;
+pub mod service;
+pub mod status;
+pub mod slot;
+pub mod target;
+pub mod telemetry;
+pub mod writer;
+
+pub use error::Error;

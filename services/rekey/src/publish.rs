@@ -1,0 +1,95 @@
+//! The Kafka side: client settings, broker reachability, the topic, the producer.
+//!
+//! The producer is idempotent with `acks=all`: a retried send is never duplicated or
+//! reordered by the broker within a producer session, so one partition holds batches in
+//! source commit order. Settings those guarantees rest on are forced after the user's
+//! pass-through options, so `[kafka.options]` cannot weaken them.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::error::Error;
+
+/// The partition every batch goes to: one per migrated database keeps commit order.
+pub const PARTITION: i32 = 0;
+
+/// First and longest wait between attempts to reach the broker.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Base client settings: the pass-through options, then the bootstrap servers.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &kafka.options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &kafka.brokers);
+    c
+}
+
+pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, Error> {
+    let mut c = client_config(kafka);
+    set_default(&mut c, "linger.ms", "2");
+    set_default(&mut c, "message.timeout.ms", "0"); // retry until delivered; the reader's in-flight bound applies back-pressure
+    c.set("enable.idempotence", "true");
+    c.set("acks", "all");
+    c.set("max.in.flight.requests.per.connection", "5");
+    c.create().map_err(Error::kafka("creating the producer"))
+}
+
+/// Sets `key` unless the user's pass-through options already did.
+pub fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
+    if c.get(key).is_none() {
+        c.set(key, value);
+    }
+}
+
+/// Waits until the broker answers a metadata request, retrying with exponential backoff
+/// and saying so. Returns only when the broker is reachable (or on cancellation).
+pub async fn wait_for_broker(kafka: &KafkaConfig, cancel: &tokio_util::sync::CancellationToken) -> Result<(), Error> {
+    let consumer: BaseConsumer = client_config(kafka).create().map_err(Error::kafka("creating a metadata client"))?;
+    let mut backoff = BACKOFF_START;
+    loop {
+        let probe = {
+            let c = &consumer;
+            tokio::task::block_in_place(|| c.fetch_metadata(None, Duration::from_secs(5)).map(|_| ()))
+        };
+        match probe {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(brokers = %kafka.brokers, error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unreachable, retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(Error::kafka("waiting for the broker")(e)),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Creates the topic with one partition if it does not exist.
+pub async fn ensure_topic(kafka: &KafkaConfig) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(kafka).create().map_err(Error::kafka("creating an admin client"))?;
+    let topic = NewTopic::new(&kafka.topic, 1, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics([&topic], &opts).await.map_err(Error::kafka("creating the topic"))?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::kafka(format!("creating topic {name}"))(rdkafka::error::KafkaError::AdminOp(code)))
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,470 @@
+//! The reader: legacy slot → rekeyed batches → Kafka, confirming only what Kafka holds.
+//!
+//! ```text
+//!  pgwire worker ──events──▶ stream loop ──Batch──▶ producer.send ──DeliveryFuture──▶ acker
+//!        ▲                    (decode, rekey,                        (bounded queue,   │
+//!        └── update_applied_lsn ◀── confirmed LSN (watch) ◀───────────  in order) ──────┘
+//! ```
+//!
+//! Guarantees:
+//! - **Order.** Transactions arrive from pgoutput in commit order and are published, in
+//!   that order, to one partition by an idempotent producer.
+//! - **At least once.** The confirmed (flush) LSN given to PostgreSQL is the end LSN of a
+//!   transaction only once the broker acknowledged every message of it and of every
+//!   transaction before it. A crash re-streams from the confirmed LSN: downstream sees
+//!   duplicates of whole transactions, which the writer skips by commit LSN.
+//! - **Bounded memory.** A transaction is cut into chunks of at most
+//!   `source.chunk_max_changes` changes / `chunk_max_bytes` bytes; at most
+//!   `source.max_in_flight` messages wait for acknowledgement before reading pauses.
+//! - **Heartbeats.** Every `heartbeat_interval_secs` the reader writes a transactional
+//!   logical message; it travels the whole pipeline, so an idle source still advances
+//!   the slot and the writer's consistent position.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use prost::Message as _;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::event::{self, Op, PG_EPOCH_OFFSET_MICROS};
+use crate::mapping::{value_size, TableMap};
+use crate::pgoutput::{self, Message};
+use crate::rekey::Rekeyer;
+use crate::{publish, slot, telemetry};
+
+const RETRY_START: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(15);
+/// How often the replication client reports the confirmed LSN to the server.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often slot position and retained WAL are sampled for metrics.
+const SLOT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the reader until `cancel` fires (then flushes, confirms and returns `Ok`) or a
+/// fatal error. Retryable failures (source or broker down, slot held by another reader)
+/// are retried with backoff, resuming from the slot's confirmed position.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error> {
+    let control = slot::connect(config.source.url.expose(), "source")
+        .await
+        .map_err(Error::source_db("connecting to the source"))?;
+    let types = slot::check_source(&control, &config).await?;
+    slot::ensure_publication(&control, &config).await?;
+    slot::ensure_slot(&control, &config).await?;
+    drop(control);
+    publish::wait_for_broker(&config.kafka, &cancel).await?;
+    publish::ensure_topic(&config.kafka).await?;
+    let producer = publish::producer(&config.kafka)?;
+    let types = Arc::new(types);
+
+    let mut backoff = RETRY_START;
+    loop {
+        let result = stream(&config, &producer, &types, &cancel).await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
+                metrics::counter!(telemetry::ERRORS, "component" => "reader", "kind" => "retryable").increment(1);
+                tracing::warn!(error = %e.one_line(), retry_in_ms = backoff.as_millis() as u64, "streaming failed, resuming from the confirmed position");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+            Err(e) => {
+                metrics::counter!(telemetry::ERRORS, "component" => "reader", "kind" => "fatal").increment(1);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// One replication session: from the slot's confirmed position until cancel or error.
+async fn stream(
+    config: &Config,
+    producer: &FutureProducer,
+    types: &Arc<slot::TypeNames>,
+    cancel: &CancellationToken,
+) -> Result<(), Error> {
+    let pg: tokio_postgres::Config = config
+        .source
+        .url
+        .expose()
+        .parse()
+        .map_err(|e| Error::Config(format!("source.url: not a valid PostgreSQL URL: {e}")))?;
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let password = pg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    let user = pg.get_user().unwrap_or("postgres").to_string();
+    let db = pg.get_dbname().unwrap_or(&user).to_string();
+    let repl_config = ReplicationConfig::new(host, user, password, db, &config.source.slot, config.source.publication.as_str())
+        .with_port(port)
+        .with_status_interval(STATUS_INTERVAL)
+        .with_wakeup_interval(Duration::from_secs(5))
+        .with_options("-c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC")
+        .with_application_name(format!("rekey-reader:{}", config.source.slot));
+    let mut repl = ReplicationClient::connect(repl_config).await?;
+    repl.wait_started().await?;
+    tracing::info!(slot = %config.source.slot, publication = %config.source.publication, topic = %config.kafka.topic, "streaming");
+
+    let control = Arc::new(
+        slot::connect(config.source.url.expose(), "source")
+            .await
+            .map_err(Error::source_db("connecting to the source"))?,
+    );
+    let (ack_tx, ack_rx) = mpsc::channel::<InFlight>(config.source.max_in_flight.max(1));
+    let (confirmed_tx, mut confirmed_rx) = watch::channel(0u64);
+    let (failed_tx, mut failed_rx) = mpsc::channel::<Error>(1);
+    let acker = tokio::spawn(acker(ack_rx, confirmed_tx, failed_tx));
+
+    let mut state = StreamState {
+        rekeyer: config.rekeyer(),
+        config,
+        types: types.clone(),
+        relations: HashMap::new(),
+        open: None,
+        producer,
+        ack: ack_tx,
+    };
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(config.source.heartbeat_interval_secs.max(1)));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sample = tokio::time::interval(SLOT_SAMPLE_INTERVAL);
+
+    let outcome: Result<(), Error> = loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break Ok(()),
+            Some(e) = failed_rx.recv() => break Err(e),
+            Ok(()) = confirmed_rx.changed() => {
+                let lsn = *confirmed_rx.borrow_and_update();
+                repl.update_applied_lsn(Lsn::from_u64(lsn));
+                metrics::gauge!(telemetry::READER_CONFIRMED_LSN).set(lsn as f64);
+            }
+            _ = heartbeat.tick() => {
+                let c = control.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = slot::emit_heartbeat(&c).await {
+                        tracing::warn!(error = %e.one_line(), "heartbeat failed");
+                    }
+                });
+            }
+            _ = sample.tick() => {
+                if let Ok(Some(p)) = slot::slot_position(&control, &config.source.slot).await {
+                    metrics::gauge!(telemetry::SOURCE_LAG_BYTES).set(p.current_lsn.saturating_sub(p.confirmed_flush_lsn) as f64);
+                    metrics::gauge!(telemetry::SOURCE_SLOT_RETAINED_WAL_BYTES).set(p.retained_bytes as f64);
+                }
+            }
+            event = repl.recv() => match event {
+                Ok(Some(ev)) => if let Err(e) = state.handle(ev).await { break Err(e) },
+                Ok(None) => break Err(Error::Replication(pgwire_replication::PgWireError::Task("replication stream ended".into()))),
+                Err(e) => break Err(e.into()),
+            },
+        }
+    };
+
+    // Stop reading; let everything published be acknowledged and confirmed.
+    let StreamState { ack, .. } = state;
+    drop(ack);
+    if outcome.is_ok() {
+        let _ = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(10)));
+    }
+    match tokio::time::timeout(Duration::from_secs(15), acker).await {
+        Ok(Ok(())) => {}
+        _ => tracing::warn!("acknowledgements did not drain in time; the next start re-sends from the confirmed position"),
+    }
+    let lsn = *confirmed_rx.borrow();
+    if lsn > 0 {
+        repl.update_applied_lsn(Lsn::from_u64(lsn));
+        metrics::gauge!(telemetry::READER_CONFIRMED_LSN).set(lsn as f64);
+    }
+    if outcome.is_ok() {
+        // The worker sends the confirmed position within STATUS_INTERVAL; give it that.
+        tokio::time::sleep(STATUS_INTERVAL + Duration::from_millis(300)).await;
+        tracing::info!(confirmed_lsn = %Lsn::from_u64(lsn), "stopped streaming");
+    }
+    repl.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
+    outcome
+}
+
+/// A published message (or a transaction with nothing to publish) waiting for its turn
+/// to be confirmed.
+struct InFlight {
+    delivery: Option<DeliveryFuture>,
+    changes: u64,
+    /// Set on the last message of a transaction: the LSN that may then be confirmed.
+    confirm: Option<u64>,
+}
+
+/// Awaits deliveries in publish order and raises the confirmed LSN.
+async fn acker(mut rx: mpsc::Receiver<InFlight>, confirmed: watch::Sender<u64>, failed: mpsc::Sender<Error>) {
+    while let Some(item) = rx.recv().await {
+        if let Some(delivery) = item.delivery {
+            match delivery.await {
+                Ok(Ok(_)) => {
+                    metrics::counter!(telemetry::READER_MESSAGES_PUBLISHED).increment(1);
+                    metrics::counter!(telemetry::READER_EVENTS_PUBLISHED).increment(item.changes);
+                }
+                Ok(Err((e, _))) => {
+                    let _ = failed.send(Error::kafka("delivering a batch")(e)).await;
+                    return;
+                }
+                Err(_) => {
+                    let _ = failed.send(Error::Invariant("producer dropped a delivery".into())).await;
+                    return;
+                }
+            }
+        }
+        if let Some(lsn) = item.confirm {
+            confirmed.send_replace(lsn);
+        }
+    }
+}
+
+/// The transaction being read.
+struct OpenTxn {
+    position: event::SourcePosition,
+    chunk_seq: u32,
+    ordinal: u32,
+    heartbeat: bool,
+    tables: Vec<event::Table>,
+    table_index: HashMap<u32, u32>,
+    changes: Vec<event::Change>,
+    bytes: usize,
+}
+
+struct StreamState<'a> {
+    config: &'a Config,
+    rekeyer: Rekeyer,
+    types: Arc<slot::TypeNames>,
+    /// Relation oid → mapping (None: a relation outside the config).
+    relations: HashMap<u32, Option<Arc<TableMap>>>,
+    open: Option<OpenTxn>,
+    producer: &'a FutureProducer,
+    ack: mpsc::Sender<InFlight>,
+}
+
+impl StreamState<'_> {
+    async fn handle(&mut self, ev: ReplicationEvent) -> Result<(), Error> {
+        match ev {
+            ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                self.open = Some(OpenTxn {
+                    position: event::SourcePosition {
+                        commit_lsn: final_lsn.as_u64(),
+                        end_lsn: 0,
+                        xid,
+                        commit_time_micros: commit_time_micros + PG_EPOCH_OFFSET_MICROS,
+                    },
+                    chunk_seq: 0,
+                    ordinal: 0,
+                    heartbeat: false,
+                    tables: Vec::new(),
+                    table_index: HashMap::new(),
+                    changes: Vec::new(),
+                    bytes: 0,
+                });
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let msg = pgoutput::decode(&data)?;
+                self.handle_message(msg).await?;
+            }
+            ReplicationEvent::Message { transactional, prefix, .. } => {
+                if transactional && prefix == slot::HEARTBEAT_PREFIX {
+                    if let Some(open) = &mut self.open {
+                        open.heartbeat = true;
+                    }
+                }
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                let Some(mut open) = self.open.take() else {
+                    return Err(Error::Invariant("commit without begin in the replication stream".into()));
+                };
+                metrics::counter!(telemetry::READER_TRANSACTIONS).increment(1);
+                open.position.end_lsn = end_lsn.as_u64();
+                if open.changes.is_empty() && open.chunk_seq == 0 && !open.heartbeat {
+                    // Nothing of ours: confirm it in turn, publish nothing.
+                    self.enqueue(InFlight { delivery: None, changes: 0, confirm: Some(end_lsn.as_u64()) }).await?;
+                } else {
+                    self.publish(&mut open, true).await?;
+                }
+            }
+            ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn handle_message(&mut self, msg: Message) -> Result<(), Error> {
+        match msg {
+            Message::Relation(rel) => {
+                let map = match self.config.table(&rel.namespace, &rel.name) {
+                    Some(table) => {
+                        let source = table.source_name();
+                        let types = &self.types;
+                        let map = TableMap::new(&rel, table, |col| {
+                            types.get(&(source.clone(), col.to_string())).cloned().unwrap_or_else(|| "text".into())
+                        })?;
+                        Some(Arc::new(map))
+                    }
+                    None => {
+                        tracing::warn!(table = %format!("{}.{}", rel.namespace, rel.name), "relation in the publication is not in [[tables]]; its changes are not migrated");
+                        None
+                    }
+                };
+                self.relations.insert(rel.oid, map);
+            }
+            Message::Insert { relation, new } => {
+                let Some(map) = self.mapping(relation)? else { return Ok(()) };
+                let img = map.image(&self.rekeyer, &new)?;
+                self.push(relation, &map, Op::Insert, img, None).await?;
+            }
+            Message::Update { relation, key, old, new } => {
+                let Some(map) = self.mapping(relation)? else { return Ok(()) };
+                let img = map.image(&self.rekeyer, &new)?;
+                let old_key = match key.as_ref().or(old.as_ref()) {
+                    Some(old) => {
+                        let old_img = map.key_image(&self.rekeyer, old)?;
+                        (old_img.legacy_key != img.legacy_key).then_some(old_img.values)
+                    }
+                    None => None,
+                };
+                self.push(relation, &map, Op::Update, img, old_key).await?;
+            }
+            Message::Delete { relation, key, old } => {
+                let Some(map) = self.mapping(relation)? else { return Ok(()) };
+                let Some(old) = key.as_ref().or(old.as_ref()) else {
+                    return Err(Error::Invariant(format!("{}: delete without a key", map.source_table)));
+                };
+                let img = map.key_image(&self.rekeyer, old)?;
+                self.push(relation, &map, Op::Delete, img, None).await?;
+            }
+            Message::Truncate { relations, .. } => {
+                for relation in relations {
+                    let Some(map) = self.mapping(relation)? else { continue };
+                    let img = crate::mapping::Image { id: None, legacy_key: String::new(), values: Vec::new() };
+                    self.push(relation, &map, Op::Truncate, img, None).await?;
+                }
+            }
+            Message::Begin { .. } | Message::Commit { .. } => {
+                return Err(Error::Invariant("unexpected raw begin/commit in the replication stream".into()));
+            }
+            Message::Message { transactional, prefix, .. } => {
+                if transactional && prefix == slot::HEARTBEAT_PREFIX {
+                    if let Some(open) = &mut self.open {
+                        open.heartbeat = true;
+                    }
+                }
+            }
+            Message::Type { .. } | Message::Origin { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn mapping(&self, relation: u32) -> Result<Option<Arc<TableMap>>, Error> {
+        match self.relations.get(&relation) {
+            Some(m) => Ok(m.clone()),
+            None => Err(Error::Invariant(format!("change for relation {relation} before its Relation message"))),
+        }
+    }
+
+    async fn push(
+        &mut self,
+        relation: u32,
+        map: &Arc<TableMap>,
+        op: Op,
+        img: crate::mapping::Image,
+        old_key: Option<Vec<event::Value>>,
+    ) -> Result<(), Error> {
+        let open = self.open.as_mut().ok_or_else(|| Error::Invariant("row change outside a transaction".into()))?;
+        metrics::counter!(telemetry::READER_EVENTS_READ, "table" => map.target_table.clone(), "op" => op_label(op)).increment(1);
+        let table = match open.table_index.get(&relation) {
+            Some(&i) => i,
+            None => {
+                open.tables.push(map.descriptor());
+                let i = (open.tables.len() - 1) as u32;
+                open.table_index.insert(relation, i);
+                i
+            }
+        };
+        let bytes = img.values.iter().map(value_size).sum::<usize>()
+            + old_key.as_ref().map_or(0, |v| v.iter().map(value_size).sum())
+            + img.legacy_key.len()
+            + 24;
+        open.changes.push(event::Change {
+            table,
+            op: op as i32,
+            ordinal: open.ordinal,
+            id: img.id.map(|u| u.as_bytes().to_vec()).unwrap_or_default(),
+            legacy_key: img.legacy_key,
+            row: img.values,
+            old_key: old_key.unwrap_or_default(),
+        });
+        open.ordinal += 1;
+        open.bytes += bytes;
+        if open.changes.len() >= self.config.source.chunk_max_changes || open.bytes >= self.config.source.chunk_max_bytes {
+            let mut open = self.open.take().expect("open");
+            self.publish(&mut open, false).await?;
+            self.open = Some(open);
+        }
+        Ok(())
+    }
+
+    /// Publishes the open transaction's pending changes as one message.
+    async fn publish(&mut self, open: &mut OpenTxn, last: bool) -> Result<(), Error> {
+        let changes = std::mem::take(&mut open.changes);
+        let count = changes.len() as u64;
+        let batch = event::Batch {
+            schema_version: event::SCHEMA_VERSION,
+            transactions: vec![event::Transaction {
+                position: Some(open.position),
+                chunk_seq: open.chunk_seq,
+                last,
+                heartbeat: open.heartbeat,
+                tables: std::mem::take(&mut open.tables),
+                changes,
+            }],
+        };
+        open.table_index.clear();
+        open.bytes = 0;
+        open.chunk_seq += 1;
+        let payload = batch.encode_to_vec();
+        let key = open.position.commit_lsn.to_be_bytes();
+        let delivery = loop {
+            let record = FutureRecord::to(&self.config.kafka.topic)
+                .partition(publish::PARTITION)
+                .key(&key[..])
+                .payload(&payload[..]);
+            match self.producer.send_result(record) {
+                Ok(d) => break d,
+                Err((e, _)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(Error::kafka("queueing a batch")(e)),
+            }
+        };
+        let confirm = last.then_some(open.position.end_lsn);
+        self.enqueue(InFlight { delivery: Some(delivery), changes: count, confirm }).await
+    }
+
+    async fn enqueue(&mut self, item: InFlight) -> Result<(), Error> {
+        self.ack.send(item).await.map_err(|_| Error::Invariant("the acknowledgement task stopped".into()))
+    }
+}
+
+pub fn op_label(op: Op) -> &'static str {
+    match op {
+        Op::Insert => "insert",
+        Op::Update => "update",
+        Op::Delete => "delete",
+        Op::Truncate => "truncate",
+        Op::Unspecified => "unspecified",
+    }
+}

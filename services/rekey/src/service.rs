@@ -1,0 +1,77 @@
+//! What every rekey binary does around its loop: parse flags, load and validate the
+//! config, set up logs and `/metrics`, turn SIGTERM/SIGINT into a cancellation, run,
+//! and map the outcome to an exit code with one clear line on failure.
+//!
+//! Exit codes: 0 after a clean stop, 2 for a configuration or set-up problem (the line
+//! names what to fix), 1 for any other fatal error.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Role};
+use crate::error::Error;
+use crate::telemetry::{self, LogFormat};
+
+/// Flags shared by the services.
+#[derive(Debug, Clone)]
+pub struct Flags {
+    pub config: PathBuf,
+    pub log_format: LogFormat,
+}
+
+/// Runs a service to completion and returns its exit code.
+pub fn main<F, Fut>(name: &'static str, role: Role, flags: Flags, run: F) -> ExitCode
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    telemetry::init_logging(flags.log_format);
+    let config = match Config::load(&flags.config, role) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: error: {}", e.one_line());
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(name).build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        telemetry::init_metrics(&config.telemetry.metrics_addr)?;
+        let cancel = CancellationToken::new();
+        tokio::spawn(stop_on_signal(cancel.clone()));
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "{name} starting");
+        run(config, cancel).await
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e.one_line(), "{name} stopped");
+            eprintln!("{name}: error: {}", e.one_line());
+            match e {
+                Error::Config(_) | Error::Setup(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+async fn stop_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    cancel.cancel();
+}

@@ -1,0 +1,103 @@
+//! Logging set-up and every metric name, described once.
+//!
+//! Names follow `rekey_<component>_<thing>_<unit>`; counters end in `_total`; units are
+//! base units. Labels are bounded: `table`, `op`, `kind` — never ids or keys.
+
+use std::net::SocketAddr;
+
+use crate::error::Error;
+
+pub const READER_EVENTS_READ: &str = "rekey_reader_events_read_total";
+pub const READER_TRANSACTIONS: &str = "rekey_reader_transactions_total";
+pub const READER_MESSAGES_PUBLISHED: &str = "rekey_reader_messages_published_total";
+pub const READER_EVENTS_PUBLISHED: &str = "rekey_reader_events_published_total";
+pub const READER_CONFIRMED_LSN: &str = "rekey_reader_confirmed_lsn";
+pub const SOURCE_LAG_BYTES: &str = "rekey_source_lag_bytes";
+pub const SOURCE_SLOT_RETAINED_WAL_BYTES: &str = "rekey_source_slot_retained_wal_bytes";
+pub const WRITER_EVENTS_APPLIED: &str = "rekey_writer_events_applied_total";
+pub const WRITER_TRANSACTIONS_APPLIED: &str = "rekey_writer_transactions_applied_total";
+pub const WRITER_DUPLICATES_SKIPPED: &str = "rekey_writer_duplicates_skipped_total";
+pub const WRITER_CONSISTENT_LSN: &str = "rekey_writer_consistent_lsn";
+pub const WRITER_LAG_SECONDS: &str = "rekey_writer_lag_seconds";
+pub const WRITER_BATCH_CHANGES: &str = "rekey_writer_batch_changes";
+pub const WRITER_END_TO_END_LATENCY: &str = "rekey_writer_end_to_end_latency_seconds";
+pub const ERRORS: &str = "rekey_errors_total";
+
+/// Registers descriptions so `/metrics` documents itself.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(READER_EVENTS_READ, "Row changes decoded from the replication stream, by table and op");
+    describe_counter!(READER_TRANSACTIONS, "Source transactions read from the replication stream");
+    describe_counter!(READER_MESSAGES_PUBLISHED, "Kafka messages acknowledged by the broker");
+    describe_counter!(READER_EVENTS_PUBLISHED, "Row changes acknowledged by the broker");
+    describe_gauge!(READER_CONFIRMED_LSN, "Last LSN confirmed to the slot (everything at or below is in Kafka)");
+    describe_gauge!(SOURCE_LAG_BYTES, Unit::Bytes, "Source WAL position minus the slot's confirmed position");
+    describe_gauge!(SOURCE_SLOT_RETAINED_WAL_BYTES, Unit::Bytes, "WAL the slot keeps on the source (current minus restart LSN)");
+    describe_counter!(WRITER_EVENTS_APPLIED, "Row changes applied to the target, by table and op");
+    describe_counter!(WRITER_TRANSACTIONS_APPLIED, "Source transactions applied to the target");
+    describe_counter!(WRITER_DUPLICATES_SKIPPED, "Source transactions skipped because the target already has them");
+    describe_gauge!(WRITER_CONSISTENT_LSN, "Commit LSN of the last source transaction applied: the target is a consistent image of the source at this LSN");
+    describe_gauge!(WRITER_LAG_SECONDS, Unit::Seconds, "Now minus the commit time of the last applied source transaction (heartbeats included)");
+    describe_histogram!(WRITER_BATCH_CHANGES, "Row changes per target transaction");
+    describe_histogram!(WRITER_END_TO_END_LATENCY, Unit::Seconds, "Source commit to target commit, per source transaction");
+    describe_counter!(ERRORS, "Errors by component and kind");
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?}: use text or json")),
+        }
+    }
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` filter, default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Serves `/metrics` on `addr` (when not empty). Must run inside the tokio runtime.
+pub fn init_metrics(addr: &str) -> Result<(), Error> {
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new().set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+        &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+    );
+    let builder = builder
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(WRITER_BATCH_CHANGES.into()),
+                &[1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 20000.0],
+            )
+        })
+        .map_err(|e| Error::Config(format!("telemetry: {e}")))?;
+    if addr.is_empty() {
+        builder.install_recorder().map_err(|e| Error::Config(format!("telemetry: {e}")))?;
+    } else {
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| Error::Config(format!("telemetry.metrics_addr: {addr:?} is not host:port ({e})")))?;
+        builder
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| Error::Config(format!("telemetry.metrics_addr: cannot serve on {addr}: {e}")))?;
+    }
+    describe();
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The writer: Kafka → target, exactly-once in effect.
+//!
+//! ```text
+//!  consumer (assigned at checkpoint.next_offset)
+//!     │  Batch … Batch            one target transaction:
+//!     ▼                           ┌───────────────────────────────────────────────┐
+//!  skip commit_lsn <= consistent  │ apply txn 1 … txn n (whole source txns, order) │
+//!  apply chunks in order ───────▶ │ save checkpoint(next_offset, commit_lsn)       │
+//!                                 └────────────────────────── COMMIT ─────────────┘
+//! ```
+//!
+//! Guarantees:
+//! - **Exactly-once effect.** The consumer position and the source position are saved in
+//!   `rekey.checkpoint` by the same target transaction that applied the events; on start
+//!   the writer seeks to that position (Kafka's committed offsets are informational).
+//! - **Consistency.** A target transaction only ever holds whole source transactions, in
+//!   commit order, so the target is always the source's image at the consistent LSN.
+//! - **Duplicates** (a reader restart re-sends from its confirmed LSN) are skipped: their
+//!   commit LSN is at or below the consistent LSN. Writes are idempotent and order-guarded
+//!   anyway (see [`crate::apply`]).
+//! - **Large transactions** arrive in chunks; the writer applies them as they come (memory
+//!   stays bounded) inside a target transaction of their own, and commits at the last
+//!   chunk. If a transaction restarts before its last chunk (the reader crashed while
+//!   publishing it and re-sent it), the partial one is rolled back and the complete one
+//!   applied.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::Applier;
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::Config;
+use crate::error::Error;
+use crate::event;
+use crate::{publish, slot, target, telemetry};
+
+const RETRY_START: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(15);
+
+/// Runs the writer until `cancel` fires (it finishes the open batch first) or a fatal
+/// error. Retryable failures are retried with backoff from the saved checkpoint.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error> {
+    publish::wait_for_broker(&config.kafka, &cancel).await?;
+    publish::ensure_topic(&config.kafka).await?;
+    let mut backoff = RETRY_START;
+    loop {
+        match session(&config, &cancel).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
+                metrics::counter!(telemetry::ERRORS, "component" => "writer", "kind" => "retryable").increment(1);
+                tracing::warn!(error = %e.one_line(), retry_in_ms = backoff.as_millis() as u64, "applying failed, resuming from the checkpoint");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+            Err(e) => {
+                metrics::counter!(telemetry::ERRORS, "component" => "writer", "kind" => "fatal").increment(1);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// A large transaction being applied chunk by chunk.
+struct Large {
+    commit_lsn: u64,
+    next_seq: u32,
+}
+
+struct Session<'a> {
+    config: &'a Config,
+    client: Client,
+    applier: Applier,
+    /// Position as of the last commit plus what the open target transaction applied.
+    position: Checkpoint,
+    /// Whether a target transaction is open.
+    open: bool,
+    changes_in_batch: u64,
+    txns_in_batch: Vec<i64>,
+    large: Option<Large>,
+}
+
+async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Error> {
+    let client = slot::connect(config.target.url.expose(), "target")
+        .await
+        .map_err(Error::target_db("connecting to the target"))?;
+    client
+        .batch_execute("SET synchronous_commit = on; SET timezone = 'UTC'")
+        .await
+        .map_err(Error::target_db("configuring the session"))?;
+    let catalog = target::load(&client, config).await?;
+    checkpoint::ensure_schema(&client).await?;
+    let topic = &config.kafka.topic;
+    let saved = checkpoint::load(&client, topic, publish::PARTITION).await?;
+
+    let mut cc = publish::client_config(&config.kafka);
+    cc.set("group.id", &config.kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    publish::set_default(&mut cc, "fetch.wait.max.ms", "10");
+    publish::set_default(&mut cc, "auto.offset.reset", "earliest");
+    let consumer: StreamConsumer = cc.create().map_err(Error::kafka("creating the consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    let offset = match saved {
+        Some(cp) => Offset::Offset(cp.next_offset),
+        None => Offset::Beginning,
+    };
+    tpl.add_partition_offset(topic, publish::PARTITION, offset).map_err(Error::kafka("assigning the partition"))?;
+    consumer.assign(&tpl).map_err(Error::kafka("assigning the partition"))?;
+    let position = saved.unwrap_or_default();
+    tracing::info!(topic = %topic, next_offset = position.next_offset, consistent_lsn = %lsn_text(position.commit_lsn), "applying");
+    metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(position.commit_lsn as f64);
+
+    let mut s = Session {
+        config,
+        client,
+        applier: Applier::new(catalog),
+        position,
+        open: false,
+        changes_in_batch: 0,
+        txns_in_batch: Vec::new(),
+        large: None,
+    };
+    let linger = Duration::from_millis(config.target.batch_linger_ms);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            m = tokio::time::timeout(Duration::from_secs(1), consumer.recv()) => m,
+        };
+        let msg = match first {
+            Ok(m) => m.map_err(Error::kafka("consuming"))?,
+            Err(_) => {
+                // Idle: everything in Kafka is applied.
+                if s.large.is_none() {
+                    metrics::gauge!(telemetry::WRITER_LAG_SECONDS).set(0.0);
+                }
+                continue;
+            }
+        };
+        s.process(&consumer, &msg).await?;
+        while s.changes_in_batch < config.target.batch_max_changes as u64 && !cancel.is_cancelled() {
+            match tokio::time::timeout(linger, consumer.recv()).await {
+                Ok(m) => {
+                    let m = m.map_err(Error::kafka("consuming"))?;
+                    s.process(&consumer, &m).await?;
+                }
+                Err(_) => break,
+            }
+        }
+        if s.large.is_none() {
+            s.commit(&consumer).await?;
+        }
+    }
+    if s.open && s.large.is_none() {
+        s.commit(&consumer).await?;
+    }
+    tracing::info!(consistent_lsn = %lsn_text(s.position.commit_lsn), next_offset = s.position.next_offset, "stopped applying");
+    Ok(())
+}
+
+impl Session<'_> {
+    async fn begin(&mut self) -> Result<(), Error> {
+        if !self.open {
+            self.client.batch_execute("BEGIN").await.map_err(Error::target_db("beginning a transaction"))?;
+            self.open = true;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, consumer: &StreamConsumer) -> Result<(), Error> {
+        if !self.open {
+            return Ok(());
+        }
+        let topic = &self.config.kafka.topic;
+        checkpoint::save(&self.client, topic, publish::PARTITION, &self.position).await?;
+        self.client.batch_execute("COMMIT").await.map_err(Error::target_db("committing"))?;
+        self.open = false;
+        let now = now_micros();
+        for commit_time in self.txns_in_batch.drain(..) {
+            metrics::histogram!(telemetry::WRITER_END_TO_END_LATENCY).record((now - commit_time).max(0) as f64 / 1e6);
+        }
+        metrics::histogram!(telemetry::WRITER_BATCH_CHANGES).record(self.changes_in_batch as f64);
+        self.changes_in_batch = 0;
+        metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(self.position.commit_lsn as f64);
+        if self.position.commit_time_micros > 0 {
+            metrics::gauge!(telemetry::WRITER_LAG_SECONDS).set((now - self.position.commit_time_micros).max(0) as f64 / 1e6);
+        }
+        // Informational only (consumer-lag tooling); the checkpoint above is the truth.
+        let mut tpl = TopicPartitionList::new();
+        if tpl.add_partition_offset(topic, publish::PARTITION, Offset::Offset(self.position.next_offset)).is_ok() {
+            let _ = consumer.commit(&tpl, CommitMode::Async);
+        }
+        Ok(())
+    }
+
+    async fn rollback(&mut self) -> Result<(), Error> {
+        if self.open {
+            self.client.batch_execute("ROLLBACK").await.map_err(Error::target_db("rolling back"))?;
+            self.open = false;
+        }
+        Ok(())
+    }
+
+    async fn process(&mut self, consumer: &StreamConsumer, msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), Error> {
+        let offset = msg.offset();
+        let poison = |reason: String| Error::Poison {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset,
+            reason,
+        };
+        let batch = event::Batch::decode(msg.payload().unwrap_or_default())
+            .map_err(|e| poison(format!("not a rekey batch: {e}")))?;
+        if batch.schema_version != event::SCHEMA_VERSION {
+            return Err(poison(format!(
+                "schema version {} (this writer understands {}): upgrade the writer",
+                batch.schema_version,
+                event::SCHEMA_VERSION
+            )));
+        }
+        for txn in &batch.transactions {
+            let pos = txn.position.ok_or_else(|| poison("transaction without a source position".into()))?;
+            if pos.commit_lsn <= self.position.commit_lsn {
+                if txn.last {
+                    metrics::counter!(telemetry::WRITER_DUPLICATES_SKIPPED).increment(1);
+                }
+                continue;
+            }
+            if let Some(large) = &self.large {
+                if large.commit_lsn != pos.commit_lsn || large.next_seq != txn.chunk_seq {
+                    tracing::warn!(commit_lsn = %lsn_text(large.commit_lsn), "transaction restarted before its last chunk (reader restart); discarding the partial copy");
+                    self.rollback().await?;
+                    self.large = None;
+                }
+            }
+            if self.large.is_none() && txn.chunk_seq != 0 {
+                // A tail whose head was discarded above: the full copy follows.
+                continue;
+            }
+            if txn.chunk_seq == 0 && !txn.last {
+                // A large transaction gets a target transaction of its own, so that a
+                // rollback only ever discards it. Checkpoint up to this message.
+                if self.open {
+                    self.position.next_offset = offset;
+                    self.commit(consumer).await?;
+                }
+                self.large = Some(Large { commit_lsn: pos.commit_lsn, next_seq: 0 });
+            }
+            self.begin().await?;
+            let applied = self.applier.apply(&self.client, txn).await.map_err(|e| match e {
+                Error::Invariant(reason) | Error::Setup(reason) => poison(reason),
+                other => other,
+            })?;
+            self.changes_in_batch += applied;
+            if txn.last {
+                self.large = None;
+                self.position.commit_lsn = pos.commit_lsn;
+                self.position.end_lsn = pos.end_lsn;
+                self.position.commit_time_micros = pos.commit_time_micros;
+                self.txns_in_batch.push(pos.commit_time_micros);
+                metrics::counter!(telemetry::WRITER_TRANSACTIONS_APPLIED).increment(1);
+            } else if let Some(large) = &mut self.large {
+                large.next_seq += 1;
+            }
+        }
+        self.begin().await?;
+        self.position.next_offset = offset + 1;
+        Ok(())
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// `X/Y` form of an LSN.
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+

@@ -1,0 +1,260 @@
+//! A real Kafka-protocol broker per test: `tansu` on a loopback port, with durable
+//! sqlite storage in its own temp dir (survives `kill -9` and a restart).
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::wait::{file_tail, fmt_secs, free_port, keep_test_dirs, unique_temp_dir};
+
+/// How long a (re)start may take before the harness gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `tansu` broker on `127.0.0.1:port`.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    tansu: PathBuf,
+    child: Option<Child>,
+    /// False until the first start succeeded: a failed start has already shown the log.
+    started: bool,
+}
+
+impl Broker {
+    /// Starts a broker on a free port; returns once it answers a Kafka ApiVersions request.
+    pub async fn start() -> Broker {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut broker = Broker::new(port);
+            match broker.launch().await {
+                Ok(()) => return broker,
+                Err(e) if e.contains("in use") => last = e, // port taken meanwhile: retry
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("{last}")
+    }
+
+    /// Starts a broker on the given port (e.g. one a service was already told to use).
+    pub async fn start_on(port: u16) -> Broker {
+        let mut broker = Broker::new(port);
+        if let Err(e) = broker.launch().await {
+            panic!("{e}");
+        }
+        broker
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker with SIGKILL; its data stays for [`Broker::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again (killing it first if it runs) on the same port and data.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.launch().await {
+                Ok(()) => return,
+                // The old socket may linger for a moment after a kill.
+                Err(e) if e.contains("in use") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Whether the broker process is alive.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The broker's directory (data in `data/`, its output in `tansu.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The broker's log file (stdout and stderr of every start, appended).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("tansu.log")
+    }
+
+    /// The `tansu` binary: `$TANSU`, else `tansu` on `PATH`, else `~/.cargo/bin/tansu`.
+    pub fn tansu_path() -> PathBuf {
+        if let Some(p) = std::env::var_os("TANSU") {
+            let p = PathBuf::from(p);
+            if p.is_file() {
+                return p;
+            }
+            panic!("TANSU={} does not exist: run `make tools`", p.display());
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("tansu"))
+                    .find(|p| p.is_file())
+            })
+            .unwrap_or(None);
+        if let Some(p) = on_path {
+            return p;
+        }
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+        if let Some(p) = cargo_home.map(|c| c.join("bin").join("tansu")) {
+            if p.is_file() {
+                return p;
+            }
+        }
+        panic!("tansu not found: run `make tools`")
+    }
+
+    fn new(port: u16) -> Broker {
+        let tansu = Broker::tansu_path();
+        let dir = unique_temp_dir("broker");
+        std::fs::create_dir_all(dir.join("data"))
+            .unwrap_or_else(|e| panic!("cannot create {}/data: {e}", dir.display()));
+        Broker {
+            port,
+            dir,
+            tansu,
+            child: None,
+            started: false,
+        }
+    }
+
+    /// Spawns tansu and waits until it answers; Err(message with log tail) if it exits
+    /// or does not answer in time.
+    async fn launch(&mut self) -> Result<(), String> {
+        let began = Instant::now();
+        let tansu = self.tansu.clone();
+        let log = self.open_log();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let mut cmd = Command::new(&tansu);
+        cmd.arg("broker")
+            .args(["--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            // Relative: tansu 0.6.0 resolves an absolute sqlite path wrongly.
+            .args(["--storage-engine", "sqlite://data/tansu.db"])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log file handle"))
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));
+        self.child = Some(child);
+
+        let deadline = began + START_TIMEOUT;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                let tail = file_tail(&self.log_path(), 30);
+                let why = if tail.contains("in use") {
+                    "address in use"
+                } else {
+                    "exited"
+                };
+                return Err(format!(
+                    "tansu on port {} {why} ({status}) in {}\n--- tail of {} ---\n{tail}",
+                    self.port,
+                    self.dir.display(),
+                    self.log_path().display()
+                ));
+            }
+            if api_versions_answered(self.port).await {
+                self.started = true;
+                if std::env::var_os("REKEY_HARNESS_VERBOSE").is_some() {
+                    eprintln!(
+                        "[harness] tansu on port {} in {:?} ({})",
+                        self.port,
+                        began.elapsed(),
+                        self.dir.display()
+                    );
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "tansu on port {} did not answer within {}s\n--- tail of {} ---\n{}",
+                    self.port,
+                    fmt_secs(START_TIMEOUT),
+                    self.log_path().display(),
+                    file_tail(&self.log_path(), 30)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn open_log(&self) -> File {
+        let path = self.log_path();
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() && self.started {
+            eprintln!(
+                "--- tail of {} (port {}) ---\n{}",
+                self.log_path().display(),
+                self.port,
+                file_tail(&self.log_path(), 30)
+            );
+        }
+        if keep_test_dirs() {
+            eprintln!("kept broker test dir {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Sends a Kafka ApiVersions v0 request and checks that a response with our correlation
+/// id comes back: the broker accepts connections and serves requests.
+async fn api_versions_answered(port: u16) -> bool {
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        const CORRELATION_ID: i32 = 0x5245_4b59; // "REKY"
+        let client_id = b"rekey-harness";
+        let mut body = Vec::new();
+        body.extend_from_slice(&18i16.to_be_bytes()); // api_key: ApiVersions
+        body.extend_from_slice(&0i16.to_be_bytes()); // api_version 0
+        body.extend_from_slice(&CORRELATION_ID.to_be_bytes());
+        body.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+        body.extend_from_slice(client_id);
+        let mut req = (body.len() as i32).to_be_bytes().to_vec();
+        req.extend_from_slice(&body);
+        stream.write_all(&req).await?;
+        let size = stream.read_i32().await?;
+        let correlation = stream.read_i32().await?;
+        Ok::<bool, std::io::Error>(size >= 4 && correlation == CORRELATION_ID)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(true))
+    )
+}

@@ -1,0 +1,165 @@
+//! A whole rekey deployment on throwaway servers: legacy and new PostgreSQL, a broker,
+//! the PromptStudio schemas and config, and the reader and writer as processes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::{free_port, wait_until, Broker, Pg, Service};
+
+/// The database name on both clusters.
+pub const DB: &str = "promptstudio";
+/// The id secret the tests and the demo use.
+pub const SECRET: &str = "rekey-test-secret-please-change-0001";
+
+pub struct Pipeline {
+    pub legacy: Pg,
+    pub target: Pg,
+    pub broker: Broker,
+    pub config_path: PathBuf,
+    pub reader: Option<Service>,
+    pub writer: Option<Service>,
+    pub reader_metrics: u16,
+    pub writer_metrics: u16,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The PromptStudio mapping config shipped in `deploy/`.
+pub fn promptstudio_config() -> &'static str {
+    include_str!("../../deploy/promptstudio/rekey.toml")
+}
+
+impl Pipeline {
+    /// Servers up, schemas applied, nothing of rekey running yet.
+    pub async fn new() -> Pipeline {
+        Self::with_config(promptstudio_config()).await
+    }
+
+    pub async fn with_config(config: &str) -> Pipeline {
+        let (legacy, target, broker) = tokio::join!(Pg::start(), Pg::start(), Broker::start());
+        Self::assemble(legacy, target, broker, config).await
+    }
+
+    /// With servers the caller started (e.g. a broker that is not up yet).
+    pub async fn assemble(legacy: Pg, target: Pg, broker: Broker, config: &str) -> Pipeline {
+        legacy.create_database(DB).await;
+        target.create_database(DB).await;
+        legacy.connect(DB).await.batch_execute(rekey_workload::LEGACY_SQL).await.expect("legacy schema");
+        target.connect(DB).await.batch_execute(rekey_workload::TARGET_SQL).await.expect("target schema");
+        let dir = std::env::temp_dir().join(format!("rekey-pipeline-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("rekey.toml");
+        // Tests want a quick heartbeat so idle positions advance fast.
+        let config = config.replace("heartbeat_interval_secs = 10", "heartbeat_interval_secs = 1");
+        std::fs::write(&config_path, config).unwrap();
+        Pipeline {
+            legacy,
+            target,
+            broker,
+            config_path,
+            reader: None,
+            writer: None,
+            reader_metrics: free_port(),
+            writer_metrics: free_port(),
+            _dir: tempdir::Dir(dir),
+        }
+    }
+
+    /// The environment every rekey process gets.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("REKEY_SOURCE_URL", self.legacy.url(DB)),
+            ("REKEY_TARGET_URL", self.target.url(DB)),
+            ("REKEY_KAFKA_BROKERS", self.broker.bootstrap()),
+            ("REKEY_ID_SECRET", SECRET.to_string()),
+            ("RUST_LOG", "info,rdkafka=warn".to_string()),
+        ]
+    }
+
+    pub fn config_arg(&self) -> String {
+        self.config_path.display().to_string()
+    }
+
+    pub fn spawn(&self, bin: &str, metrics_port: u16) -> Service {
+        let mut env = self.env();
+        env.push(("REKEY_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")));
+        Service::spawn(bin, &["--config", &self.config_arg()], &env)
+    }
+
+    pub fn start_reader(&mut self) {
+        self.reader = Some(self.spawn("rekey-reader", self.reader_metrics));
+    }
+
+    pub fn start_writer(&mut self) {
+        self.writer = Some(self.spawn("rekey-writer", self.writer_metrics));
+    }
+
+    /// Starts reader and writer and waits until the slot streams.
+    pub async fn start(&mut self) {
+        self.start_reader();
+        self.start_writer();
+        self.wait_streaming().await;
+    }
+
+    /// Waits until the reader holds the slot.
+    pub async fn wait_streaming(&self) {
+        let legacy = self.legacy.connect(DB).await;
+        wait_until("the reader to stream the slot", Duration::from_secs(60), || {
+            let legacy = &legacy;
+            async move {
+                legacy
+                    .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'rekey_promptstudio' AND active", &[])
+                    .await
+                    .map(|r| r.is_some())
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    }
+
+    pub async fn legacy_client(&self) -> Client {
+        self.legacy.connect(DB).await
+    }
+
+    pub async fn target_client(&self) -> Client {
+        self.target.connect(DB).await
+    }
+
+    /// Waits until the target holds everything the legacy database committed so far:
+    /// the writer's consistent position passes the legacy's current WAL position (the
+    /// reader's heartbeats carry it past idle stretches).
+    pub async fn wait_caught_up(&self, timeout: Duration) {
+        let legacy = self.legacy_client().await;
+        let target = self.target_client().await;
+        let lsn: i64 = legacy
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+            .await
+            .unwrap()
+            .get(0);
+        wait_until("the target to catch up with the legacy database", timeout, || {
+            let target = &target;
+            async move {
+                match target.query_opt("SELECT max(end_lsn) FROM rekey.checkpoint", &[]).await {
+                    Ok(Some(row)) => row.get::<_, Option<i64>>(0).is_some_and(|applied| applied >= lsn),
+                    _ => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self._dir.0
+    }
+}
