@@ -153,9 +153,21 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log file handle"))
             .stderr(log);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "warn");
+        // tansu also reads its settings from these; keep the test's environment out.
+        for var in [
+            "CLUSTER_ID",
+            "LISTENER_URL",
+            "ADVERTISED_LISTENER_URL",
+            "STORAGE_ENGINE",
+            "SCHEMA_REGISTRY",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ] {
+            cmd.env_remove(var);
         }
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("REKEY_TANSU_LOG").unwrap_or_else(|_| "warn".to_string()),
+        );
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", tansu.display()));

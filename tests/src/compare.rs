@@ -34,7 +34,12 @@ impl TableDiff {
 }
 
 /// Compares every configured table; returns one entry per table.
-pub async fn compare(legacy: &Client, target: &Client, config: &Config, secret: &str) -> Vec<TableDiff> {
+pub async fn compare(
+    legacy: &Client,
+    target: &Client,
+    config: &Config,
+    secret: &str,
+) -> Vec<TableDiff> {
     let rk = Rekeyer::new(secret.as_bytes());
     let mut out = Vec::new();
     for t in &config.tables {
@@ -63,7 +68,12 @@ async fn columns(client: &Client, table: &str) -> Vec<String> {
         .collect()
 }
 
-async fn rows(client: &Client, table: &str, cols: &[String], filter: &str) -> Vec<Vec<Option<String>>> {
+async fn rows(
+    client: &Client,
+    table: &str,
+    cols: &[String],
+    filter: &str,
+) -> Vec<Vec<Option<String>>> {
     let select: Vec<String> = cols.iter().map(|c| format!("\"{c}\"::text")).collect();
     let sql = format!("SELECT {} FROM {table} {filter}", select.join(", "));
     client
@@ -71,11 +81,20 @@ async fn rows(client: &Client, table: &str, cols: &[String], filter: &str) -> Ve
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .iter()
-        .map(|r| (0..cols.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
+        .map(|r| {
+            (0..cols.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect()
+        })
         .collect()
 }
 
-async fn compare_table(legacy: &Client, target: &Client, t: &TableConfig, rk: &Rekeyer) -> TableDiff {
+async fn compare_table(
+    legacy: &Client,
+    target: &Client,
+    t: &TableConfig,
+    rk: &Rekeyer,
+) -> TableDiff {
     let source = t.source_name();
     let target_name = t.target_name();
     let legacy_cols = columns(legacy, &source).await;
@@ -122,7 +141,10 @@ async fn compare_table(legacy: &Client, target: &Client, t: &TableConfig, rk: &R
     let soft = target_cols.iter().any(|c| c == "deleted_at");
     let live_filter = if soft { "WHERE deleted_at IS NULL" } else { "" };
     let actual: BTreeSet<Vec<Option<String>>> =
-        rows(target, &target_name, &expected_cols, live_filter).await.into_iter().collect();
+        rows(target, &target_name, &expected_cols, live_filter)
+            .await
+            .into_iter()
+            .collect();
     let mut diff = TableDiff {
         table: target_name.clone(),
         legacy_rows: legacy_rows.len(),
@@ -130,8 +152,11 @@ async fn compare_table(legacy: &Client, target: &Client, t: &TableConfig, rk: &R
         ..Default::default()
     };
     let show = |r: &Vec<Option<String>>| {
-        let mut s: String =
-            r.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect::<Vec<_>>().join(" | ");
+        let mut s: String = r
+            .iter()
+            .map(|v| v.as_deref().unwrap_or("NULL"))
+            .collect::<Vec<_>>()
+            .join(" | ");
         if s.len() > 240 {
             let mut cut = 240;
             while !s.is_char_boundary(cut) {
@@ -146,19 +171,34 @@ async fn compare_table(legacy: &Client, target: &Client, t: &TableConfig, rk: &R
     diff.unexpected = actual.difference(&expected).take(5).map(show).collect();
     if soft && t.id.is_some() {
         let deleted: Vec<String> = target
-            .query(&format!("SELECT id::text FROM {target_name} WHERE deleted_at IS NOT NULL"), &[])
+            .query(
+                &format!("SELECT id::text FROM {target_name} WHERE deleted_at IS NOT NULL"),
+                &[],
+            )
             .await
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
         diff.target_deleted_rows = deleted.len();
-        diff.wrongly_deleted = deleted.into_iter().filter(|id| legacy_keys.contains(id)).take(5).collect();
+        diff.wrongly_deleted = deleted
+            .into_iter()
+            .filter(|id| legacy_keys.contains(id))
+            .take(5)
+            .collect();
     }
     diff
 }
 
 /// Row counts per table as `name: legacy/target` for reports.
 pub fn summary(diffs: &[TableDiff]) -> BTreeMap<String, (usize, usize, usize)> {
-    diffs.iter().map(|d| (d.table.clone(), (d.legacy_rows, d.target_live_rows, d.target_deleted_rows))).collect()
+    diffs
+        .iter()
+        .map(|d| {
+            (
+                d.table.clone(),
+                (d.legacy_rows, d.target_live_rows, d.target_deleted_rows),
+            )
+        })
+        .collect()
 }

@@ -12,11 +12,11 @@
 //! let pg = Pg::start().await;                 // wal_level = logical
 //! pg.create_database("legacy").await;
 //! let broker = Broker::start().await;
-//! let reader = Service::spawn("rekey-reader", &[], &[
-//!     ("REKEY_SOURCE_URL", pg.url("legacy")),
-//!     ("REKEY_BROKERS", broker.bootstrap()),
-//! ]);
-//! assert!(reader.wait_for_output("started", std::time::Duration::from_secs(30)).await);
+//! // pg.url("legacy") and broker.bootstrap() go into the service's configuration.
+//! let mut reader = Service::spawn("rekey-reader", &["--config", "reader.toml"], &[]);
+//! assert!(reader.wait_for_output("ready", std::time::Duration::from_secs(30)).await);
+//! reader.sigterm();
+//! assert!(reader.wait_exit(std::time::Duration::from_secs(10)).await.is_some());
 //! # }
 //! ```
 

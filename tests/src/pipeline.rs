@@ -55,13 +55,30 @@ impl Pipeline {
     pub async fn assemble(legacy: Pg, target: Pg, broker: Broker, config: &str) -> Pipeline {
         legacy.create_database(DB).await;
         target.create_database(DB).await;
-        legacy.connect(DB).await.batch_execute(rekey_workload::LEGACY_SQL).await.expect("legacy schema");
-        target.connect(DB).await.batch_execute(rekey_workload::TARGET_SQL).await.expect("target schema");
-        let dir = std::env::temp_dir().join(format!("rekey-pipeline-{}-{}", std::process::id(), free_port()));
+        legacy
+            .connect(DB)
+            .await
+            .batch_execute(rekey_workload::LEGACY_SQL)
+            .await
+            .expect("legacy schema");
+        target
+            .connect(DB)
+            .await
+            .batch_execute(rekey_workload::TARGET_SQL)
+            .await
+            .expect("target schema");
+        let dir = std::env::temp_dir().join(format!(
+            "rekey-pipeline-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("rekey.toml");
         // Tests want a quick heartbeat so idle positions advance fast.
-        let config = config.replace("heartbeat_interval_secs = 10", "heartbeat_interval_secs = 1");
+        let config = config.replace(
+            "heartbeat_interval_secs = 10",
+            "heartbeat_interval_secs = 1",
+        );
         std::fs::write(&config_path, config).unwrap();
         Pipeline {
             legacy,
@@ -147,19 +164,71 @@ impl Pipeline {
             .await
             .unwrap()
             .get(0);
-        wait_until("the target to catch up with the legacy database", timeout, || {
-            let target = &target;
-            async move {
-                match target.query_opt("SELECT max(end_lsn) FROM rekey.checkpoint", &[]).await {
-                    Ok(Some(row)) => row.get::<_, Option<i64>>(0).is_some_and(|applied| applied >= lsn),
-                    _ => false,
+        wait_until(
+            "the target to catch up with the legacy database",
+            timeout,
+            || {
+                let target = &target;
+                async move {
+                    match target
+                        .query_opt("SELECT max(end_lsn) FROM rekey.checkpoint", &[])
+                        .await
+                    {
+                        Ok(Some(row)) => row
+                            .get::<_, Option<i64>>(0)
+                            .is_some_and(|applied| applied >= lsn),
+                        _ => false,
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
     }
 
     pub fn dir(&self) -> &Path {
         &self._dir.0
+    }
+}
+
+impl Pipeline {
+    /// The UUID rekey must give `key` in `entity` (the documented F, with the test secret).
+    pub fn uuid(&self, entity: &str, key: impl ToString) -> String {
+        rekey::rekey::Rekeyer::new(SECRET.as_bytes())
+            .uuid(entity, &key.to_string())
+            .to_string()
+    }
+
+    /// The config the services run with, parsed (with the test secret).
+    pub fn config(&self) -> rekey::config::Config {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let mut c = rekey::config::Config::parse(&text).unwrap();
+        c.rekey.secret = rekey::config::Secret::new(SECRET);
+        c
+    }
+
+    /// Waits until caught up, then asserts the target equals the transformed legacy store.
+    pub async fn assert_converged(&self) {
+        self.wait_caught_up(Duration::from_secs(90)).await;
+        let (legacy, target) = (self.legacy_client().await, self.target_client().await);
+        let diffs = crate::compare::compare(&legacy, &target, &self.config(), SECRET).await;
+        crate::compare::assert_equal(&diffs);
+    }
+
+    /// One value of the target, as text (`None` for SQL NULL or no row).
+    pub async fn target_value(&self, sql: &str) -> Option<String> {
+        let t = self.target_client().await;
+        t.query_opt(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .and_then(|r| r.get(0))
+    }
+
+    /// Runs SQL on the legacy database.
+    pub async fn legacy_sql(&self, sql: &str) {
+        self.legacy_client()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }

@@ -8,20 +8,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Samples by full series text (`name{labels}`) → value. Empty when unreachable.
 pub async fn scrape(port: u16) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    let Ok(Ok(mut s)) =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(("127.0.0.1", port))).await
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
     else {
         return out;
     };
-    if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.is_err() {
+    if s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
         return out;
     }
     let mut body = String::new();
-    if tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body)).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body))
+        .await
+        .is_err()
+    {
         return out;
     }
     for line in body.lines() {
-        if line.starts_with('#') || line.is_empty() || line.starts_with("HTTP/") || !line.starts_with("rekey_") {
+        if line.starts_with('#')
+            || line.is_empty()
+            || line.starts_with("HTTP/")
+            || !line.starts_with("rekey_")
+        {
             continue;
         }
         if let Some((series, value)) = line.rsplit_once(' ') {

@@ -30,14 +30,39 @@ const MODELS: &[(&str, u64, u64)] = &[
 ];
 
 const TAGS: &[&str] = &[
-    "support", "sales", "rag", "summarization", "classification", "extraction",
-    "translation", "marketing", "legal", "internal", "beta", "prod", "eval", "日本語",
-    "café", "🚀",
+    "support",
+    "sales",
+    "rag",
+    "summarization",
+    "classification",
+    "extraction",
+    "translation",
+    "marketing",
+    "legal",
+    "internal",
+    "beta",
+    "prod",
+    "eval",
+    "日本語",
+    "café",
+    "🚀",
 ];
 
 const VARIABLE_NAMES: &[&str] = &[
-    "topic", "audience", "tone", "language", "context", "question", "customer_name",
-    "product", "max_words", "format", "examples", "persona", "document", "date",
+    "topic",
+    "audience",
+    "tone",
+    "language",
+    "context",
+    "question",
+    "customer_name",
+    "product",
+    "max_words",
+    "format",
+    "examples",
+    "persona",
+    "document",
+    "date",
 ];
 
 const VAR_TYPES: &[&str] = &["string", "number", "boolean", "json", "enum"];
@@ -200,7 +225,13 @@ impl Lab {
 }
 
 impl Library {
-    pub fn generate(rng: &mut Rng, id: i32, prompt_lab_id: i32, created_at: f64, updated_at: f64) -> Self {
+    pub fn generate(
+        rng: &mut Rng,
+        id: i32,
+        prompt_lab_id: i32,
+        created_at: f64,
+        updated_at: f64,
+    ) -> Self {
         Self {
             id,
             prompt_lab_id,
@@ -279,7 +310,10 @@ pub fn template_parameters(rng: &mut Rng) -> String {
         json.push_str(r#","response_format":{"type":"json_object"}"#);
     }
     if rng.chance(0.2) {
-        json.push_str(&format!(r#","note":{}"#, json_string(rng.pick(text::UNICODE_PHRASES))));
+        json.push_str(&format!(
+            r#","note":{}"#,
+            json_string(rng.pick(text::UNICODE_PHRASES))
+        ));
     }
     json.push('}');
     json
@@ -310,7 +344,13 @@ impl Variable {
 
 impl Collection {
     /// `variables` are the template's variable names the collection fills in.
-    pub fn generate(rng: &mut Rng, id: i32, prompt_template_id: i32, variables: &[String], created_at: f64) -> Self {
+    pub fn generate(
+        rng: &mut Rng,
+        id: i32,
+        prompt_template_id: i32,
+        variables: &[String],
+        created_at: f64,
+    ) -> Self {
         Self {
             id,
             prompt_template_id,
@@ -352,7 +392,11 @@ impl Execution {
         let (model, in_price, out_price) = rng.pick(MODELS);
         let failed = rng.chance(0.03);
         let input = rng.range(20, 8_000) as u64;
-        let output = if failed { 0 } else { rng.range(1, 2_000) as u64 };
+        let output = if failed {
+            0
+        } else {
+            rng.range(1, 2_000) as u64
+        };
         Self {
             id,
             prompt_template_id,
@@ -360,7 +404,9 @@ impl Execution {
             model: model.to_string(),
             input_tokens: maybe(rng, 0.98, |_| input as i32),
             output_tokens: (!failed).then_some(output as i32),
-            cost_usd: maybe(rng, 0.97, |_| usd((input * in_price + output * out_price) / 1_000 + 1)),
+            cost_usd: maybe(rng, 0.97, |_| {
+                usd((input * in_price + output * out_price) / 1_000 + 1)
+            }),
             latency_ms: maybe(rng, 0.98, |r| 40.0 + r.unit() * 9_000.0),
             response: (!failed).then(|| text::prose_between(rng, 40, 800)),
             executed_at,
@@ -369,7 +415,14 @@ impl Execution {
 }
 
 impl Flow {
-    pub fn generate(rng: &mut Rng, id: i32, prompt_lab_id: i32, steps: usize, created_at: f64, updated_at: f64) -> Self {
+    pub fn generate(
+        rng: &mut Rng,
+        id: i32,
+        prompt_lab_id: i32,
+        steps: usize,
+        created_at: f64,
+        updated_at: f64,
+    ) -> Self {
         Self {
             id,
             prompt_lab_id,

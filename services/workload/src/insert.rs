@@ -55,7 +55,10 @@ pub async fn labs(client: &impl GenericClient, rows: &[Lab]) -> Result<u64, toki
         .await
 }
 
-pub async fn libraries(client: &impl GenericClient, rows: &[Library]) -> Result<u64, tokio_postgres::Error> {
+pub async fn libraries(
+    client: &impl GenericClient,
+    rows: &[Library],
+) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO prompt_libraries (id, prompt_lab_id, name, description, tags, created_at, updated_at)
@@ -75,7 +78,10 @@ pub async fn libraries(client: &impl GenericClient, rows: &[Library]) -> Result<
         .await
 }
 
-pub async fn templates(client: &impl GenericClient, rows: &[Template]) -> Result<u64, tokio_postgres::Error> {
+pub async fn templates(
+    client: &impl GenericClient,
+    rows: &[Template],
+) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO prompt_templates (id, prompt_library_id, parent_template_id, name, content,
@@ -101,7 +107,10 @@ pub async fn templates(client: &impl GenericClient, rows: &[Template]) -> Result
         .await
 }
 
-pub async fn variables(client: &impl GenericClient, rows: &[Variable]) -> Result<u64, tokio_postgres::Error> {
+pub async fn variables(
+    client: &impl GenericClient,
+    rows: &[Variable],
+) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO prompt_variables (id, prompt_template_id, name, var_type, default_value, is_required)
@@ -118,7 +127,10 @@ pub async fn variables(client: &impl GenericClient, rows: &[Variable]) -> Result
         .await
 }
 
-pub async fn collections(client: &impl GenericClient, rows: &[Collection]) -> Result<u64, tokio_postgres::Error> {
+pub async fn collections(
+    client: &impl GenericClient,
+    rows: &[Collection],
+) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO variable_collections (id, prompt_template_id, name, variables, created_at)
@@ -136,7 +148,10 @@ pub async fn collections(client: &impl GenericClient, rows: &[Collection]) -> Re
         .await
 }
 
-pub async fn executions(client: &impl GenericClient, rows: &[Execution]) -> Result<u64, tokio_postgres::Error> {
+pub async fn executions(
+    client: &impl GenericClient,
+    rows: &[Execution],
+) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO prompt_executions (id, prompt_template_id, variable_collection_id, model,
@@ -162,7 +177,10 @@ pub async fn executions(client: &impl GenericClient, rows: &[Execution]) -> Resu
         .await
 }
 
-pub async fn flows(client: &impl GenericClient, rows: &[Flow]) -> Result<u64, tokio_postgres::Error> {
+pub async fn flows(
+    client: &impl GenericClient,
+    rows: &[Flow],
+) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO prompt_flows (id, prompt_lab_id, name, definition, created_at, updated_at)
@@ -181,7 +199,10 @@ pub async fn flows(client: &impl GenericClient, rows: &[Flow]) -> Result<u64, to
         .await
 }
 
-pub async fn flow_steps(client: &impl GenericClient, rows: &[FlowStep]) -> Result<u64, tokio_postgres::Error> {
+pub async fn flow_steps(
+    client: &impl GenericClient,
+    rows: &[FlowStep],
+) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO prompt_flow_steps (prompt_flow_id, position, prompt_template_id)

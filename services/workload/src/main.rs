@@ -10,7 +10,11 @@ use rekey_workload::{apply_schema, seed, RunOptions, Schema, Workload};
 use tokio_postgres::NoTls;
 
 #[derive(Debug, Parser)]
-#[command(name = "rekey-workload", version, about = "PromptStudio schema, seed data and live workload")]
+#[command(
+    name = "rekey-workload",
+    version,
+    about = "PromptStudio schema, seed data and live workload"
+)]
 struct Cli {
     /// PostgreSQL connection string (URL or key=value form).
     #[arg(long, env = "REKEY_WORKLOAD_URL")]
@@ -100,7 +104,12 @@ async fn main() -> ExitCode {
             }
             Err(err) => report("seed", &err),
         },
-        Command::Run { txns, duration, rate, seed: s } => {
+        Command::Run {
+            txns,
+            duration,
+            rate,
+            seed: s,
+        } => {
             let duration = match duration.map(Duration::try_from_secs_f64).transpose() {
                 Ok(d) => d,
                 Err(_) => {
@@ -108,7 +117,11 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let opts = RunOptions { txns, duration, rate_per_sec: rate };
+            let opts = RunOptions {
+                txns,
+                duration,
+                rate_per_sec: rate,
+            };
             let mut workload = Workload::new(s);
             tokio::select! {
                 result = workload.run(&mut client, opts) => match result {

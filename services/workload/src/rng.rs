@@ -109,8 +109,12 @@ mod tests {
 
     #[test]
     fn different_seeds_and_forks_diverge() {
-        let a: Vec<u64> = (0..8).scan(Rng::new(1), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..8).scan(Rng::new(2), |r, _| Some(r.next_u64())).collect();
+        let a: Vec<u64> = (0..8)
+            .scan(Rng::new(1), |r, _| Some(r.next_u64()))
+            .collect();
+        let b: Vec<u64> = (0..8)
+            .scan(Rng::new(2), |r, _| Some(r.next_u64()))
+            .collect();
         assert_ne!(a, b);
         let root = Rng::new(1);
         assert_ne!(root.fork(1).next_u64(), root.fork(2).next_u64());

@@ -55,7 +55,10 @@ pub async fn apply(client: &Client, schema: Schema) -> Result<(), Error> {
     client
         .batch_execute(schema.sql())
         .await
-        .map_err(|source| Error::Schema { schema: schema.name(), source })
+        .map_err(|source| Error::Schema {
+            schema: schema.name(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -68,7 +71,10 @@ mod tests {
             for table in TABLES {
                 assert!(sql.contains(&format!("CREATE TABLE {table} (")), "{table}");
             }
-            assert!(!sql.lines().any(|l| l.starts_with('\\')), "psql meta-command");
+            assert!(
+                !sql.lines().any(|l| l.starts_with('\\')),
+                "psql meta-command"
+            );
         }
     }
 }

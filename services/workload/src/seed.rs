@@ -27,7 +27,9 @@ use crate::rng::Rng;
 use crate::{insert, Error};
 
 /// Rows per table at scale 1.0, in [`crate::schema::TABLES`] order.
-const ROWS_AT_SCALE_1: [u64; 9] = [1_000, 5_000, 20_000, 60_000, 20_000, 150_000, 5_000, 20_000, 30_000];
+const ROWS_AT_SCALE_1: [u64; 9] = [
+    1_000, 5_000, 20_000, 60_000, 20_000, 150_000, 5_000, 20_000, 30_000,
+];
 /// Rows per insert statement for tables with small rows.
 const BATCH_ROWS: usize = 5_000;
 /// Rows per insert statement for templates (bodies up to ~12 kB).
@@ -80,7 +82,12 @@ impl SeedStats {
 
 impl fmt::Display for SeedStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "seeded {} rows in {:.1}s (", self.total(), self.elapsed.as_secs_f64())?;
+        write!(
+            f,
+            "seeded {} rows in {:.1}s (",
+            self.total(),
+            self.elapsed.as_secs_f64()
+        )?;
         for (i, (table, n)) in self.per_table().iter().enumerate() {
             write!(f, "{}{table}={n}", if i > 0 { " " } else { "" })?;
         }
@@ -100,7 +107,9 @@ fn dealt(total: usize, parents: usize, parent: usize) -> usize {
 }
 
 async fn reserve(client: &Client, table: &'static str, n: usize) -> Result<Vec<i64>, Error> {
-    insert::reserve_ids(client, table, n).await.map_err(|source| Error::Seed { table, source })
+    insert::reserve_ids(client, table, n)
+        .await
+        .map_err(|source| Error::Seed { table, source })
 }
 
 fn seed_err(table: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -132,7 +141,9 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
                 Lab::generate(&mut rng, id as i32, created, updated)
             })
             .collect();
-        stats.labs += insert::labs(client, &rows).await.map_err(seed_err("prompt_labs"))?;
+        stats.labs += insert::labs(client, &rows)
+            .await
+            .map_err(seed_err("prompt_labs"))?;
     }
 
     // prompt_libraries
@@ -152,7 +163,9 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
                 Library::generate(&mut rng, id as i32, lab_ids[lab] as i32, created, updated)
             })
             .collect();
-        stats.libraries += insert::libraries(client, &rows).await.map_err(seed_err("prompt_libraries"))?;
+        stats.libraries += insert::libraries(client, &rows)
+            .await
+            .map_err(seed_err("prompt_libraries"))?;
     }
 
     // prompt_templates: variables are dealt round-robin, so template t owns slots
@@ -174,15 +187,26 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
                     .then(|| tpl_ids[rng.pick(siblings) as usize] as i32);
                 let created = after(&mut rng, lib_created[lib]);
                 let updated = after(&mut rng, created);
-                let names: Vec<String> =
-                    (0..dealt(n_vars, n_tpls, t).min(4)).map(entity::variable_name).collect();
+                let names: Vec<String> = (0..dealt(n_vars, n_tpls, t).min(4))
+                    .map(entity::variable_name)
+                    .collect();
                 tpls_of_lib[lib].push(t as u32);
                 tpls_of_lab[lib_lab[lib]].push(t as u32);
                 tpl_created.push(created);
-                Template::generate(&mut rng, id as i32, lib_ids[lib] as i32, parent, &names, created, updated)
+                Template::generate(
+                    &mut rng,
+                    id as i32,
+                    lib_ids[lib] as i32,
+                    parent,
+                    &names,
+                    created,
+                    updated,
+                )
             })
             .collect();
-        stats.templates += insert::templates(client, &rows).await.map_err(seed_err("prompt_templates"))?;
+        stats.templates += insert::templates(client, &rows)
+            .await
+            .map_err(seed_err("prompt_templates"))?;
     }
     drop(tpls_of_lib);
 
@@ -199,7 +223,9 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
                 Variable::generate(&mut rng, id as i32, tpl_ids[i % n_tpls] as i32, i / n_tpls)
             })
             .collect();
-        stats.variables += insert::variables(client, &rows).await.map_err(seed_err("prompt_variables"))?;
+        stats.variables += insert::variables(client, &rows)
+            .await
+            .map_err(seed_err("prompt_variables"))?;
     }
 
     // variable_collections
@@ -213,13 +239,16 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
             .map(|(j, &id)| {
                 let t = rng.below(n_tpls as u64) as usize;
                 colls_of_tpl[t].push((c * BATCH_ROWS + j) as u32);
-                let names: Vec<String> = (0..dealt(n_vars, n_tpls, t)).map(entity::variable_name).collect();
+                let names: Vec<String> = (0..dealt(n_vars, n_tpls, t))
+                    .map(entity::variable_name)
+                    .collect();
                 let created = after(&mut rng, tpl_created[t]);
                 Collection::generate(&mut rng, id as i32, tpl_ids[t] as i32, &names, created)
             })
             .collect();
-        stats.collections +=
-            insert::collections(client, &rows).await.map_err(seed_err("variable_collections"))?;
+        stats.collections += insert::collections(client, &rows)
+            .await
+            .map_err(seed_err("variable_collections"))?;
     }
 
     // prompt_executions: popular templates run more often (quadratic skew).
@@ -237,7 +266,9 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
                 Execution::generate(&mut rng, id, tpl_ids[t] as i32, coll, at)
             })
             .collect();
-        stats.executions += insert::executions(client, &rows).await.map_err(seed_err("prompt_executions"))?;
+        stats.executions += insert::executions(client, &rows)
+            .await
+            .map_err(seed_err("prompt_executions"))?;
     }
     drop(colls_of_tpl);
 
@@ -258,10 +289,19 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
                 flow_lab.push(lab);
                 flow_created.push(created);
                 let steps = dealt(n_steps, n_flows, f);
-                Flow::generate(&mut rng, id as i32, lab_ids[lab] as i32, steps, created, updated)
+                Flow::generate(
+                    &mut rng,
+                    id as i32,
+                    lab_ids[lab] as i32,
+                    steps,
+                    created,
+                    updated,
+                )
             })
             .collect();
-        stats.flows += insert::flows(client, &rows).await.map_err(seed_err("prompt_flows"))?;
+        stats.flows += insert::flows(client, &rows)
+            .await
+            .map_err(seed_err("prompt_flows"))?;
     }
 
     // prompt_flow_steps: step i is flow i % n_flows, position i / n_flows, running a
@@ -271,7 +311,11 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
         .map(|i| {
             let f = i % n_flows;
             let own = &tpls_of_lab[flow_lab[f]];
-            let t = if own.is_empty() { rng.below(n_tpls as u64) as usize } else { rng.pick(own) as usize };
+            let t = if own.is_empty() {
+                rng.below(n_tpls as u64) as usize
+            } else {
+                rng.pick(own) as usize
+            };
             FlowStep {
                 prompt_flow_id: flow_ids[f] as i32,
                 position: (i / n_flows) as i32,
@@ -280,7 +324,9 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
         })
         .collect();
     for chunk in steps.chunks(BATCH_ROWS) {
-        stats.flow_steps += insert::flow_steps(client, chunk).await.map_err(seed_err("prompt_flow_steps"))?;
+        stats.flow_steps += insert::flow_steps(client, chunk)
+            .await
+            .map_err(seed_err("prompt_flow_steps"))?;
     }
 
     // flow_executions
@@ -295,8 +341,9 @@ pub async fn seed(client: &Client, scale: f64, seed: u64) -> Result<SeedStats, E
                 FlowExecution::generate(&mut rng, id, flow_ids[f] as i32, started)
             })
             .collect();
-        stats.flow_executions +=
-            insert::flow_executions(client, &rows).await.map_err(seed_err("flow_executions"))?;
+        stats.flow_executions += insert::flow_executions(client, &rows)
+            .await
+            .map_err(seed_err("flow_executions"))?;
     }
 
     stats.elapsed = started.elapsed();

@@ -23,13 +23,69 @@ pub const UNICODE_PHRASES: &[&str] = &[
 ];
 
 const COMMON_WORDS: &[&str] = &[
-    "the", "a", "of", "and", "to", "in", "is", "you", "that", "it", "for", "with", "as",
-    "on", "be", "this", "are", "or", "by", "answer", "user", "assistant", "context",
-    "question", "summary", "model", "output", "input", "format", "respond", "concise",
-    "step", "reason", "example", "document", "customer", "policy", "list", "table",
-    "return", "only", "json", "field", "value", "tone", "friendly", "formal", "bullet",
-    "points", "translate", "classify", "extract", "entities", "sentiment", "score",
-    "explain", "briefly", "never", "always", "must", "should", "avoid", "include",
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "you",
+    "that",
+    "it",
+    "for",
+    "with",
+    "as",
+    "on",
+    "be",
+    "this",
+    "are",
+    "or",
+    "by",
+    "answer",
+    "user",
+    "assistant",
+    "context",
+    "question",
+    "summary",
+    "model",
+    "output",
+    "input",
+    "format",
+    "respond",
+    "concise",
+    "step",
+    "reason",
+    "example",
+    "document",
+    "customer",
+    "policy",
+    "list",
+    "table",
+    "return",
+    "only",
+    "json",
+    "field",
+    "value",
+    "tone",
+    "friendly",
+    "formal",
+    "bullet",
+    "points",
+    "translate",
+    "classify",
+    "extract",
+    "entities",
+    "sentiment",
+    "score",
+    "explain",
+    "briefly",
+    "never",
+    "always",
+    "must",
+    "should",
+    "avoid",
+    "include",
 ];
 
 const ALPHABET: &[u8] = b"etaoinshrdlcumwfgypbvkjxqz";
@@ -210,12 +266,20 @@ mod tests {
 
     #[test]
     fn json_string_escapes() {
-        assert_eq!(json_string("a\"b\\c\nd\u{1}é🚀"), r#""a\"b\\c\nd\u0001é🚀""#);
+        assert_eq!(
+            json_string("a\"b\\c\nd\u{1}é🚀"),
+            r#""a\"b\\c\nd\u0001é🚀""#
+        );
     }
 
     #[test]
     fn pg_array_quotes_and_nulls() {
-        let items = [Some("plain"), None, Some("with \"quote\" and \\"), Some("日本語,{x}")];
+        let items = [
+            Some("plain"),
+            None,
+            Some("with \"quote\" and \\"),
+            Some("日本語,{x}"),
+        ];
         assert_eq!(
             pg_text_array(&items),
             r#"{"plain",NULL,"with \"quote\" and \\","日本語,{x}"}"#

@@ -60,7 +60,10 @@ fn is_conflict(err: &tokio_postgres::Error) -> bool {
 
 impl Workload {
     pub fn new(seed: u64) -> Self {
-        Self { state: State::new(seed), loaded: false }
+        Self {
+            state: State::new(seed),
+            loaded: false,
+        }
     }
 
     /// Runs one random transaction and reports what it did.
@@ -93,7 +96,11 @@ impl Workload {
             }
             Err(e) => return Err(err(e)),
         };
-        Ok(StepStats { kind, outcome, rows })
+        Ok(StepStats {
+            kind,
+            outcome,
+            rows,
+        })
     }
 
     /// Runs steps until a limit of `opts` is reached.
@@ -136,7 +143,9 @@ mod tests {
         let draw = |seed| {
             let mut w = Workload::new(seed);
             let weights = TxnKind::ALL.map(TxnKind::weight);
-            (0..50).map(|_| w.state.rng.weighted(&weights)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| w.state.rng.weighted(&weights))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

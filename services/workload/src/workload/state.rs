@@ -78,7 +78,11 @@ pub(super) struct State {
 
 impl State {
     pub fn new(seed: u64) -> Self {
-        Self { rng: Rng::new(seed), max: Maxima::default(), open_runs: Vec::new() }
+        Self {
+            rng: Rng::new(seed),
+            max: Maxima::default(),
+            open_runs: Vec::new(),
+        }
     }
 
     /// Up to [`CANDIDATES`] keys in `1..=max`, biased towards recent ones; empty when
@@ -89,7 +93,11 @@ impl State {
         }
         (0..CANDIDATES)
             .map(|_| {
-                let lo = if self.rng.chance(RECENT_SHARE) { (max - max / 10).max(1) } else { 1 };
+                let lo = if self.rng.chance(RECENT_SHARE) {
+                    (max - max / 10).max(1)
+                } else {
+                    1
+                };
                 self.rng.range(lo, max)
             })
             .collect()

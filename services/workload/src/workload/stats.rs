@@ -77,7 +77,11 @@ impl RunStats {
 impl fmt::Display for RunStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 { self.txns as f64 / secs } else { 0.0 };
+        let rate = if secs > 0.0 {
+            self.txns as f64 / secs
+        } else {
+            0.0
+        };
         write!(
             f,
             "{} txns in {secs:.1}s ({rate:.0}/s): {} committed, {} skipped ({} conflicts), {} rows",
@@ -102,12 +106,38 @@ mod tests {
     #[test]
     fn record_sums_overall_and_per_kind() {
         let mut s = RunStats::default();
-        s.record(&StepStats { kind: TxnKind::CreateLab, outcome: Outcome::Committed, rows: 10 });
-        s.record(&StepStats { kind: TxnKind::CreateLab, outcome: Outcome::SkippedConflict, rows: 0 });
-        s.record(&StepStats { kind: TxnKind::DeleteLab, outcome: Outcome::Committed, rows: 1 });
-        assert_eq!((s.txns, s.committed, s.skipped, s.conflicts, s.rows), (3, 2, 1, 1, 11));
-        assert_eq!(s.kind(TxnKind::CreateLab), KindStats { committed: 1, skipped: 1, conflicts: 1, rows: 10 });
+        s.record(&StepStats {
+            kind: TxnKind::CreateLab,
+            outcome: Outcome::Committed,
+            rows: 10,
+        });
+        s.record(&StepStats {
+            kind: TxnKind::CreateLab,
+            outcome: Outcome::SkippedConflict,
+            rows: 0,
+        });
+        s.record(&StepStats {
+            kind: TxnKind::DeleteLab,
+            outcome: Outcome::Committed,
+            rows: 1,
+        });
+        assert_eq!(
+            (s.txns, s.committed, s.skipped, s.conflicts, s.rows),
+            (3, 2, 1, 1, 11)
+        );
+        assert_eq!(
+            s.kind(TxnKind::CreateLab),
+            KindStats {
+                committed: 1,
+                skipped: 1,
+                conflicts: 1,
+                rows: 10
+            }
+        );
         let line = s.to_string();
-        assert!(line.contains("create_lab=1") && line.contains("delete_lab=1"), "{line}");
+        assert!(
+            line.contains("create_lab=1") && line.contains("delete_lab=1"),
+            "{line}"
+        );
     }
 }

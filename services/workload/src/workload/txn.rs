@@ -12,7 +12,9 @@ use tokio_postgres::{Error as PgError, Transaction};
 
 use super::state::{raise, State};
 use super::TxnKind;
-use crate::entity::{self, Collection, Execution, Flow, FlowExecution, FlowStep, Lab, Library, Template, Variable};
+use crate::entity::{
+    self, Collection, Execution, Flow, FlowExecution, FlowStep, Lab, Library, Template, Variable,
+};
 use crate::insert::{self, reserve_ids};
 use crate::text;
 
@@ -42,7 +44,10 @@ pub(super) async fn run(kind: TxnKind, tx: &Transaction<'_>, st: &mut State) -> 
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn some_if_any(n: u64) -> Option<u64> {
@@ -76,13 +81,21 @@ async fn pick(tx: &Transaction<'_>, st: &mut State, table: &str) -> Result<Optio
     let max = *max_of(st, table);
     let candidates = st.candidates(max);
     let row = tx
-        .query_opt(&format!("SELECT {}::int8", first_existing(table)), &[&candidates])
+        .query_opt(
+            &format!("SELECT {}::int8", first_existing(table)),
+            &[&candidates],
+        )
         .await?;
     Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)))
 }
 
 /// Reserves `n` keys of `table` and raises its known maximum.
-async fn reserve(tx: &Transaction<'_>, st: &mut State, table: &str, n: usize) -> Result<Vec<i64>, PgError> {
+async fn reserve(
+    tx: &Transaction<'_>,
+    st: &mut State,
+    table: &str,
+    n: usize,
+) -> Result<Vec<i64>, PgError> {
     let ids = reserve_ids(tx, table, n).await?;
     raise(max_of(st, table), &ids);
     Ok(ids)
@@ -108,7 +121,9 @@ async fn insert_executions(tx: &Transaction<'_>, st: &mut State) -> Rows {
     let rows: Vec<Execution> = ids
         .iter()
         .map(|&id| {
-            let coll = collection.filter(|_| st.rng.chance(WITH_COLLECTION_SHARE)).map(|c| c as i32);
+            let coll = collection
+                .filter(|_| st.rng.chance(WITH_COLLECTION_SHARE))
+                .map(|c| c as i32);
             Execution::generate(&mut st.rng, id, template as i32, coll, at)
         })
         .collect();
@@ -123,19 +138,31 @@ async fn create_lab(tx: &Transaction<'_>, st: &mut State) -> Rows {
 
     let n_libs = st.rng.range_usize(1, 3);
     let lib_ids = reserve(tx, st, "prompt_libraries", n_libs).await?;
-    let libs: Vec<Library> =
-        lib_ids.iter().map(|&id| Library::generate(&mut st.rng, id as i32, lab_id as i32, at, at)).collect();
+    let libs: Vec<Library> = lib_ids
+        .iter()
+        .map(|&id| Library::generate(&mut st.rng, id as i32, lab_id as i32, at, at))
+        .collect();
     touched += insert::libraries(tx, &libs).await?;
 
-    let tpl_libs: Vec<i64> =
-        lib_ids.iter().flat_map(|&lib| std::iter::repeat_n(lib, st.rng.range_usize(1, 4))).collect();
+    let tpl_libs: Vec<i64> = lib_ids
+        .iter()
+        .flat_map(|&lib| std::iter::repeat_n(lib, st.rng.range_usize(1, 4)))
+        .collect();
     let tpl_ids = reserve(tx, st, "prompt_templates", tpl_libs.len()).await?;
     let var_counts: Vec<usize> = tpl_ids.iter().map(|_| st.rng.range_usize(0, 4)).collect();
     let coll_counts: Vec<usize> = tpl_ids.iter().map(|_| st.rng.range_usize(0, 2)).collect();
     let mut templates = Vec::with_capacity(tpl_ids.len());
     for (i, &id) in tpl_ids.iter().enumerate() {
         let names: Vec<String> = (0..var_counts[i]).map(entity::variable_name).collect();
-        templates.push(Template::generate(&mut st.rng, id as i32, tpl_libs[i] as i32, None, &names, at, at));
+        templates.push(Template::generate(
+            &mut st.rng,
+            id as i32,
+            tpl_libs[i] as i32,
+            None,
+            &names,
+            at,
+            at,
+        ));
     }
     touched += insert::templates(tx, &templates).await?;
 
@@ -157,7 +184,13 @@ async fn create_lab(tx: &Transaction<'_>, st: &mut State) -> Rows {
         let names: Vec<String> = (0..var_counts[i]).map(entity::variable_name).collect();
         for _ in 0..coll_counts[i] {
             let id = *next.next().expect("one key reserved per collection");
-            collections.push(Collection::generate(&mut st.rng, id as i32, tpl as i32, &names, at));
+            collections.push(Collection::generate(
+                &mut st.rng,
+                id as i32,
+                tpl as i32,
+                &names,
+                at,
+            ));
         }
     }
     touched += insert::collections(tx, &collections).await?;
@@ -195,13 +228,18 @@ async fn update_template_meta(tx: &Transaction<'_>, st: &mut State) -> Rows {
         0 => {
             let name = text::title(&mut st.rng);
             tx.execute(
-                &format!("UPDATE prompt_templates SET name = $2, updated_at = now() WHERE id = {target}"),
+                &format!(
+                    "UPDATE prompt_templates SET name = $2, updated_at = now() WHERE id = {target}"
+                ),
                 &[&candidates, &name],
             )
             .await?
         }
         1 => {
-            let params = st.rng.chance(0.95).then(|| entity::template_parameters(&mut st.rng));
+            let params = st
+                .rng
+                .chance(0.95)
+                .then(|| entity::template_parameters(&mut st.rng));
             tx.execute(
                 &format!(
                     "UPDATE prompt_templates SET version = version + 1, parameters = $2::text::jsonb,
@@ -243,7 +281,9 @@ async fn update_template_content(tx: &Transaction<'_>, st: &mut State) -> Rows {
 }
 
 async fn move_library(tx: &Transaction<'_>, st: &mut State) -> Rows {
-    let Some(lab) = pick(tx, st, "prompt_labs").await? else { return Ok(None) };
+    let Some(lab) = pick(tx, st, "prompt_labs").await? else {
+        return Ok(None);
+    };
     let candidates = st.candidates(st.max.libraries);
     let n = tx
         .execute(
@@ -280,7 +320,9 @@ async fn fork_template(tx: &Transaction<'_>, st: &mut State) -> Rows {
             &[&candidates, &suffix],
         )
         .await?;
-    let Some(forked) = forked else { return Ok(None) };
+    let Some(forked) = forked else {
+        return Ok(None);
+    };
     let (id, parent): (i64, i64) = (forked.get(0), forked.get(1));
     raise(&mut st.max.templates, &[id]);
     let copied = tx
@@ -396,13 +438,20 @@ async fn change_flow_steps(tx: &Transaction<'_>, st: &mut State) -> Rows {
         }
     };
     touched += tx
-        .execute("UPDATE prompt_flows SET updated_at = now() WHERE id = $1::int8", &[&flow])
+        .execute(
+            "UPDATE prompt_flows SET updated_at = now() WHERE id = $1::int8",
+            &[&flow],
+        )
         .await?;
     Ok(Some(touched))
 }
 
 async fn run_flow(tx: &Transaction<'_>, st: &mut State) -> Rows {
-    let open = if st.rng.chance(0.6) { st.take_open_run() } else { None };
+    let open = if st.rng.chance(0.6) {
+        st.take_open_run()
+    } else {
+        None
+    };
     let candidates = match open {
         Some(id) => vec![id],
         None if st.rng.chance(0.5) => return start_flow_run(tx, st).await,
@@ -461,7 +510,9 @@ async fn run_flow(tx: &Transaction<'_>, st: &mut State) -> Rows {
 }
 
 async fn start_flow_run(tx: &Transaction<'_>, st: &mut State) -> Rows {
-    let Some(flow) = pick(tx, st, "prompt_flows").await? else { return Ok(None) };
+    let Some(flow) = pick(tx, st, "prompt_flows").await? else {
+        return Ok(None);
+    };
     let id = reserve(tx, st, "flow_executions", 1).await?[0];
     let run = FlowExecution {
         id,
@@ -478,7 +529,9 @@ async fn start_flow_run(tx: &Transaction<'_>, st: &mut State) -> Rows {
 }
 
 async fn add_variable(tx: &Transaction<'_>, st: &mut State) -> Rows {
-    let Some(template) = pick(tx, st, "prompt_templates").await? else { return Ok(None) };
+    let Some(template) = pick(tx, st, "prompt_templates").await? else {
+        return Ok(None);
+    };
     // Templates own about three variable slots, so some of these names are taken:
     // the unique violation is part of the workload (the transaction is skipped).
     let slot = st.rng.range_usize(0, 11);
@@ -489,8 +542,13 @@ async fn add_variable(tx: &Transaction<'_>, st: &mut State) -> Rows {
 
 async fn update_collection(tx: &Transaction<'_>, st: &mut State) -> Rows {
     let candidates = st.candidates(st.max.collections);
-    let names: Vec<String> = (0..st.rng.range_usize(1, 4)).map(entity::variable_name).collect();
-    let values = st.rng.chance(0.95).then(|| entity::collection_values(&mut st.rng, &names));
+    let names: Vec<String> = (0..st.rng.range_usize(1, 4))
+        .map(entity::variable_name)
+        .collect();
+    let values = st
+        .rng
+        .chance(0.95)
+        .then(|| entity::collection_values(&mut st.rng, &names));
     let n = tx
         .execute(
             &format!(
@@ -508,7 +566,10 @@ async fn delete_one(tx: &Transaction<'_>, st: &mut State, table: &str) -> Rows {
     let max = *max_of(st, table);
     let candidates = st.candidates(max);
     let n = tx
-        .execute(&format!("DELETE FROM {table} WHERE id = {}", first_existing(table)), &[&candidates])
+        .execute(
+            &format!("DELETE FROM {table} WHERE id = {}", first_existing(table)),
+            &[&candidates],
+        )
         .await?;
     Ok(some_if_any(n))
 }

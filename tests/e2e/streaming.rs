@@ -1,0 +1,121 @@
+//! Inserts, updates and deletes on all nine PromptStudio tables arrive in the new store
+//! with the right UUIDs and foreign keys, and every value survives the trip: a null FK,
+//! the self-reference, the composite key, an enum, jsonb, text[] with a NULL element,
+//! numeric at full scale, timestamptz and unicode text.
+
+use rekey_tests::Pipeline;
+
+const INSERTS: &str = r#"
+BEGIN;
+INSERT INTO prompt_labs (id, lab_id, tenant_id, name, description)
+  VALUES (1, 'lab-1', 7, 'Lab ünïcødé — 日本語 🚀', NULL), (2, 'lab-2', NULL, 'Lab two', 'second');
+INSERT INTO prompt_libraries (id, prompt_lab_id, name, description, tags)
+  VALUES (10, 1, 'library', 'x', ARRAY['a', NULL, 'c']), (11, 2, 'other', NULL, '{}');
+INSERT INTO prompt_templates (id, prompt_library_id, parent_template_id, name, content, version, parameters, is_archived)
+  VALUES (100, 10, NULL, 'base', 'Hello {{user}}', 1, '{"temperature": 0.7, "nested": {"k": [1, 2, null]}}', false),
+         (101, 10, 100, 'fork', 'Hello again', 2, NULL, true);
+INSERT INTO prompt_variables (id, prompt_template_id, name, var_type, default_value, is_required)
+  VALUES (1000, 100, 'user', 'string', NULL, true), (1001, 100, 'tone', 'enum', 'warm', false);
+INSERT INTO variable_collections (id, prompt_template_id, name, variables)
+  VALUES (500, 100, 'defaults', '{"user": "Zoë"}');
+INSERT INTO prompt_executions (id, prompt_template_id, variable_collection_id, model, input_tokens, output_tokens, cost_usd, latency_ms, response, executed_at)
+  VALUES (5000000000, 100, 500, 'gpt-x', 10, 20, 123456.123456, 12.345678901234567, 'réponse 🎉', '2026-01-02 03:04:05.123456+02'),
+         (5000000001, 101, NULL, 'gpt-y', 1, 2, 0.000001, 0.5, '', '2026-06-30 23:59:59.999999+00');
+INSERT INTO prompt_flows (id, prompt_lab_id, name, definition) VALUES (20, 1, 'flow', '{"steps": 2}');
+INSERT INTO prompt_flow_steps (prompt_flow_id, position, prompt_template_id) VALUES (20, 1, 100), (20, 2, 101);
+INSERT INTO flow_executions (id, prompt_flow_id, status, started_at, finished_at, result, error)
+  VALUES (30, 20, 'running', '2026-03-04 05:06:07+00', NULL, NULL, NULL);
+COMMIT;
+"#;
+
+const CHANGES: &str = r#"
+UPDATE flow_executions SET status = 'succeeded', finished_at = '2026-03-04 05:07:00+00', result = '{"ok": true}' WHERE id = 30;
+UPDATE prompt_variables SET default_value = 'friendly' WHERE id = 1001;
+UPDATE prompt_flow_steps SET prompt_template_id = 100 WHERE prompt_flow_id = 20 AND position = 2;
+UPDATE prompt_labs SET tenant_id = 8 WHERE id = 2;
+UPDATE prompt_executions SET cost_usd = 0.5, variable_collection_id = NULL WHERE id = 5000000000;
+DELETE FROM prompt_variables WHERE id = 1000;
+DELETE FROM prompt_executions WHERE id = 5000000001;
+DELETE FROM prompt_flow_steps WHERE prompt_flow_id = 20 AND position = 1;
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_table_arrives_rekeyed_with_every_type_intact() {
+    let mut p = Pipeline::new().await;
+    p.start().await;
+    p.legacy_sql(INSERTS).await;
+    p.assert_converged().await;
+
+    let q = |sql: String| {
+        let p = &p;
+        async move { p.target_value(&sql).await }
+    };
+    // Keys and foreign keys.
+    assert_eq!(q("SELECT id::text FROM prompt_labs WHERE legacy_id = 1".into()).await, Some(p.uuid("prompt_labs", 1)));
+    assert_eq!(
+        q("SELECT organization_id::text FROM prompt_labs WHERE legacy_id = 1".into()).await,
+        Some(p.uuid("organizations", 7))
+    );
+    assert_eq!(q("SELECT organization_id::text FROM prompt_labs WHERE legacy_id = 2".into()).await, None, "null tenant → null organization");
+    assert_eq!(
+        q("SELECT prompt_lab_id::text FROM prompt_libraries WHERE legacy_id = 10".into()).await,
+        Some(p.uuid("prompt_labs", 1))
+    );
+    assert_eq!(
+        q("SELECT parent_template_id::text FROM prompt_templates WHERE legacy_id = 101".into()).await,
+        Some(p.uuid("prompt_templates", 100)),
+        "self-reference"
+    );
+    assert_eq!(q("SELECT parent_template_id::text FROM prompt_templates WHERE legacy_id = 100".into()).await, None);
+    let step = format!(
+        "SELECT prompt_template_id::text FROM prompt_flow_steps WHERE prompt_flow_id = '{}' AND position = 2",
+        p.uuid("prompt_flows", 20)
+    );
+    assert_eq!(q(step.clone()).await, Some(p.uuid("prompt_templates", 101)), "composite key");
+    // Values of every type.
+    assert_eq!(q("SELECT name FROM prompt_labs WHERE legacy_id = 1".into()).await.as_deref(), Some("Lab ünïcødé — 日本語 🚀"));
+    assert_eq!(q("SELECT tags::text FROM prompt_libraries WHERE legacy_id = 10".into()).await.as_deref(), Some("{a,NULL,c}"));
+    assert_eq!(
+        q("SELECT parameters::text FROM prompt_templates WHERE legacy_id = 100".into()).await.as_deref(),
+        Some(r#"{"nested": {"k": [1, 2, null]}, "temperature": 0.7}"#)
+    );
+    assert_eq!(q("SELECT cost_usd::text FROM prompt_executions WHERE legacy_id = 5000000000".into()).await.as_deref(), Some("123456.123456"));
+    assert_eq!(q("SELECT cost_usd::text FROM prompt_executions WHERE legacy_id = 5000000001".into()).await.as_deref(), Some("0.000001"));
+    assert_eq!(
+        q("SELECT (latency_ms = 12.345678901234567::float8)::text FROM prompt_executions WHERE legacy_id = 5000000000".into()).await.as_deref(),
+        Some("true"),
+        "double precision bit-exact"
+    );
+    assert_eq!(
+        q("SELECT (executed_at = '2026-01-02 01:04:05.123456+00')::text FROM prompt_executions WHERE legacy_id = 5000000000".into()).await.as_deref(),
+        Some("true")
+    );
+    assert_eq!(q("SELECT status::text FROM flow_executions WHERE legacy_id = 30".into()).await.as_deref(), Some("running"));
+    assert_eq!(q("SELECT response FROM prompt_executions WHERE legacy_id = 5000000001".into()).await.as_deref(), Some(""), "empty string is not NULL");
+
+    // One source transaction per statement.
+    for statement in CHANGES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        p.legacy_sql(statement).await;
+    }
+    p.assert_converged().await;
+    assert_eq!(q("SELECT status::text FROM flow_executions WHERE legacy_id = 30".into()).await.as_deref(), Some("succeeded"));
+    assert_eq!(q("SELECT result::text FROM flow_executions WHERE legacy_id = 30".into()).await.as_deref(), Some(r#"{"ok": true}"#));
+    assert_eq!(q(step).await, Some(p.uuid("prompt_templates", 100)));
+    assert_eq!(
+        q("SELECT organization_id::text FROM prompt_labs WHERE legacy_id = 2".into()).await,
+        Some(p.uuid("organizations", 8))
+    );
+    assert_eq!(q("SELECT variable_collection_id::text FROM prompt_executions WHERE legacy_id = 5000000000".into()).await, None, "FK set to NULL");
+    // Deletes: soft where the table has deleted_at, real for the junction table.
+    assert_eq!(q("SELECT (deleted_at IS NOT NULL)::text FROM prompt_variables WHERE legacy_id = 1000".into()).await.as_deref(), Some("true"));
+    assert_eq!(q("SELECT (deleted_at IS NOT NULL)::text FROM prompt_executions WHERE legacy_id = 5000000001".into()).await.as_deref(), Some("true"));
+    assert_eq!(q("SELECT (deleted_at IS NULL)::text FROM prompt_variables WHERE legacy_id = 1001".into()).await.as_deref(), Some("true"));
+    assert_eq!(q("SELECT count(*)::text FROM prompt_flow_steps".into()).await.as_deref(), Some("1"));
+    // row_version grew with the update.
+    let v: Vec<Option<String>> = vec![
+        q("SELECT row_version::text FROM prompt_variables WHERE legacy_id = 1001".into()).await,
+        q("SELECT row_version::text FROM prompt_variables WHERE legacy_id = 1000".into()).await,
+    ];
+    let (updated, deleted) = (v[0].as_ref().unwrap().parse::<i64>().unwrap(), v[1].as_ref().unwrap().parse::<i64>().unwrap());
+    assert!(updated > 0 && deleted > updated, "row_version follows the source commit order: {updated} then {deleted}");
+}
