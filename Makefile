@@ -11,7 +11,7 @@ TANSU_VERSION := 0.6.0
 TANSU_FEATURES := libsql,dynostore,postgres
 # nextest profile from .config/nextest.toml (`ci` in .ci/run).
 NEXTEST_PROFILE ?= default
-# Extra arguments for `make demo`, e.g. `make demo DEMO_ARGS="--rows 100000"`.
+# Extra arguments for `make demo`, e.g. `make demo DEMO_ARGS="--duration 60 --rate 300"`.
 DEMO_ARGS ?=
 
 export PATH := $(CARGO_BIN):$(PATH)

@@ -15,7 +15,8 @@
 --                   tenant_id (tenant_id itself is kept as well).
 --   row_version     commit LSN of the last legacy change applied to the row. It is the
 --                   order guard: the writer applies a change only if its commit LSN is
---                   greater than row_version, which makes replays idempotent. It also
+--                   not older than row_version (changes of one legacy transaction share
+--                   it), so replays are idempotent and never go backwards. It also
 --                   serves applications as the optimistic concurrency token.
 --   deleted_at      soft delete: set (instead of DELETE) when the legacy row is deleted;
 --                   live rows have deleted_at IS NULL.

@@ -117,6 +117,7 @@ impl Pg {
             if out.status.success() {
                 pg.running.store(true, Ordering::SeqCst);
                 pg.started = true;
+                pg.spawn_watchdog();
                 if std::env::var_os("REKEY_HARNESS_VERBOSE").is_some() {
                     eprintln!(
                         "[harness] postgres on port {} in {:?} ({})",
@@ -225,6 +226,31 @@ impl Pg {
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
         f.write_all(text.as_bytes())
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
+    /// PostgreSQL outlives a test process that is killed before its `Drop` runs (`pg_ctl`
+    /// puts the server in its own session, out of reach of nextest's timeout kill). A
+    /// detached shell waits for this process to end and then stops the server and removes
+    /// the directory, unless `Drop` has already done so.
+    fn spawn_watchdog(&self) {
+        const SCRIPT: &str = r#"pid=$1; data=$2; dir=$3; keep=$4; shift 4
+while kill -0 "$pid" 2>/dev/null && [ -d "$data" ]; do sleep 1; done
+if [ -d "$data" ]; then "$@"; [ "$keep" = 1 ] || rm -rf "$dir"; fi"#;
+        let stop = self.pg_ctl(&["-w", "-t", "30", "-m", "immediate", "stop"]);
+        let keep = if keep_test_dirs() { "1" } else { "0" };
+        let _ = Command::new("setsid")
+            .args(["-f", "sh", "-c", SCRIPT, "rekey-pg-watchdog"])
+            .arg(std::process::id().to_string())
+            .arg(self.data_dir())
+            .arg(&self.dir)
+            .arg(keep)
+            .arg(stop.get_program())
+            .args(stop.get_args())
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Command {
