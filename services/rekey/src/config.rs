@@ -255,7 +255,7 @@ impl Config {
             let msg = e.message().to_string();
             match e.span() {
                 Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     format!("line {line}: {msg}")
                 }
                 None => msg,
@@ -445,6 +445,7 @@ mod tests {
             "REKEY_SOURCE_URL" => Some("postgres://a/b".into()),
             "REKEY_TARGET_URL" => Some("postgres://a/c".into()),
             "REKEY_ID_SECRET" => Some("0123456789abcdef0123".into()),
+            "REKEY_KAFKA_BROKERS" => Some("127.0.0.1:9092".into()),
             _ => None,
         });
         c.validate(Role::Reader).unwrap();
