@@ -8,35 +8,61 @@ use rekey_tests::{Broker, Pg, PgOptions, Pipeline, Service};
 /// Runs the reader to its exit and returns (exit code, its one `error:` line).
 async fn reader_error(p: &Pipeline, env: Vec<(&'static str, String)>) -> (i32, String) {
     let mut reader = Service::spawn("rekey-reader", &["--config", &p.config_arg()], &env);
-    let status = reader.wait_exit(Duration::from_secs(60)).await.expect("the reader exits on bad input");
+    let status = reader
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("the reader exits on bad input");
     let out = reader.output();
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("rekey-reader: error: ")).collect();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("rekey-reader: error: "))
+        .collect();
     assert_eq!(lines.len(), 1, "exactly one error line, got:\n{out}");
     (status.code().unwrap_or(-1), lines[0].to_string())
 }
 
 async fn slot_exists(p: &Pipeline) -> bool {
-    p.legacy_client().await.query_opt("SELECT 1 FROM pg_replication_slots", &[]).await.unwrap().is_some()
+    p.legacy_client()
+        .await
+        .query_opt("SELECT 1 FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_without_logical_wal_is_named() {
-    let (legacy, target, broker) =
-        tokio::join!(Pg::start_with(PgOptions { wal_level: "replica" }), Pg::start(), Broker::start());
+    let (legacy, target, broker) = tokio::join!(
+        Pg::start_with(PgOptions {
+            wal_level: "replica"
+        }),
+        Pg::start(),
+        Broker::start()
+    );
     let p = Pipeline::assemble(legacy, target, broker, promptstudio_config()).await;
     let (code, line) = reader_error(&p, p.env()).await;
     assert_eq!(code, 2);
-    assert!(line.contains("wal_level = replica") && line.contains("set wal_level = logical"), "{line}");
+    assert!(
+        line.contains("wal_level = replica") && line.contains("set wal_level = logical"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_migrated_table_without_primary_key_is_named_and_nothing_is_created() {
-    let config = format!("{}\n[[tables]]\nname = \"audit_log\"\nid = \"id\"\n", promptstudio_config());
+    let config = format!(
+        "{}\n[[tables]]\nname = \"audit_log\"\nid = \"id\"\n",
+        promptstudio_config()
+    );
     let p = Pipeline::with_config(&config).await;
-    p.legacy_sql("CREATE TABLE audit_log (id int, msg text)").await;
+    p.legacy_sql("CREATE TABLE audit_log (id int, msg text)")
+        .await;
     let (code, line) = reader_error(&p, p.env()).await;
     assert_eq!(code, 2);
-    assert!(line.contains("public.audit_log has no primary key"), "{line}");
+    assert!(
+        line.contains("public.audit_log has no primary key"),
+        "{line}"
+    );
     assert!(!slot_exists(&p).await, "no slot is left holding WAL");
 }
 
@@ -46,14 +72,21 @@ async fn an_unknown_config_field_is_named() {
     let p = Pipeline::with_config(&config).await;
     let (code, line) = reader_error(&p, p.env()).await;
     assert_eq!(code, 2);
-    assert!(line.contains("unknown field `slott`") && line.contains("line "), "{line}");
+    assert!(
+        line.contains("unknown field `slott`") && line.contains("line "),
+        "{line}"
+    );
     assert!(!slot_exists(&p).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_secret_is_named() {
     let p = Pipeline::new().await;
-    let env: Vec<_> = p.env().into_iter().filter(|(k, _)| *k != "REKEY_ID_SECRET").collect();
+    let env: Vec<_> = p
+        .env()
+        .into_iter()
+        .filter(|(k, _)| *k != "REKEY_ID_SECRET")
+        .collect();
     let (code, line) = reader_error(&p, env).await;
     assert_eq!(code, 2);
     assert!(line.contains("REKEY_ID_SECRET"), "{line}");
@@ -67,17 +100,28 @@ async fn an_unreachable_broker_is_retried_and_nothing_written_meanwhile_is_lost(
     p.start_reader();
     p.start_writer();
     let reader = p.reader.as_ref().unwrap();
-    assert!(reader.wait_for_output("broker unreachable, retrying", Duration::from_secs(30)).await);
-    assert!(slot_exists(&p).await, "the slot holds the changes while the broker is down");
+    assert!(
+        reader
+            .wait_for_output("broker unreachable, retrying", Duration::from_secs(30))
+            .await
+    );
+    assert!(
+        slot_exists(&p).await,
+        "the slot holds the changes while the broker is down"
+    );
     p.legacy_sql(
         "INSERT INTO prompt_labs (id, lab_id, name) VALUES (1, 'a', 'written while the broker was down');
          INSERT INTO prompt_libraries (id, prompt_lab_id, name) VALUES (1, 1, 'lib');",
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(p.reader.as_mut().unwrap().is_running(), "the reader keeps retrying");
+    assert!(
+        p.reader.as_mut().unwrap().is_running(),
+        "the reader keeps retrying"
+    );
     p.broker.restart().await;
     p.wait_streaming().await;
-    p.legacy_sql("UPDATE prompt_labs SET description = 'after' WHERE id = 1").await;
+    p.legacy_sql("UPDATE prompt_labs SET description = 'after' WHERE id = 1")
+        .await;
     p.assert_converged().await;
 }

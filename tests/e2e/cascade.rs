@@ -27,24 +27,42 @@ async fn deleting_a_lab_soft_deletes_exactly_what_the_cascade_took() {
 
     // The lab with the most descendants.
     let lab: i32 = legacy
-        .query_one("SELECT prompt_lab_id FROM prompt_libraries GROUP BY 1 ORDER BY count(*) DESC LIMIT 1", &[])
+        .query_one(
+            "SELECT prompt_lab_id FROM prompt_libraries GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     let target = p.target_client().await;
     let deleted_before: i64 = deleted_total(&target).await;
     let live_before = live_counts(&legacy).await;
-    legacy.execute("DELETE FROM prompt_labs WHERE id = $1", &[&lab]).await.unwrap();
+    legacy
+        .execute("DELETE FROM prompt_labs WHERE id = $1", &[&lab])
+        .await
+        .unwrap();
     let live_after = live_counts(&legacy).await;
-    let cascaded: i64 = live_before.iter().zip(&live_after).map(|(b, a)| b - a).sum();
+    let cascaded: i64 = live_before
+        .iter()
+        .zip(&live_after)
+        .map(|(b, a)| b - a)
+        .sum();
     let steps_gone = live_before[7] - live_after[7];
     assert!(cascaded > 5, "the cascade took {cascaded} rows");
 
     p.assert_converged().await;
     let deleted_after = deleted_total(&target).await;
-    assert_eq!(deleted_after - deleted_before, cascaded - steps_gone, "soft-deleted exactly the cascaded rows");
     assert_eq!(
-        p.target_value(&format!("SELECT (deleted_at IS NOT NULL)::text FROM prompt_labs WHERE legacy_id = {lab}")).await.as_deref(),
+        deleted_after - deleted_before,
+        cascaded - steps_gone,
+        "soft-deleted exactly the cascaded rows"
+    );
+    assert_eq!(
+        p.target_value(&format!(
+            "SELECT (deleted_at IS NOT NULL)::text FROM prompt_labs WHERE legacy_id = {lab}"
+        ))
+        .await
+        .as_deref(),
         Some("true")
     );
     // assert_converged also proved: every soft-deleted row is gone from legacy and every
@@ -54,15 +72,30 @@ async fn deleting_a_lab_soft_deletes_exactly_what_the_cascade_took() {
 async fn live_counts(c: &tokio_postgres::Client) -> Vec<i64> {
     let mut out = Vec::new();
     for t in rekey_workload::TABLES {
-        out.push(c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0));
+        out.push(
+            c.query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                .await
+                .unwrap()
+                .get(0),
+        );
     }
     out
 }
 
 async fn deleted_total(c: &tokio_postgres::Client) -> i64 {
     let mut total = 0;
-    for t in rekey_workload::TABLES.iter().filter(|t| **t != "prompt_flow_steps") {
-        let n: i64 = c.query_one(&format!("SELECT count(*) FROM {t} WHERE deleted_at IS NOT NULL"), &[]).await.unwrap().get(0);
+    for t in rekey_workload::TABLES
+        .iter()
+        .filter(|t| **t != "prompt_flow_steps")
+    {
+        let n: i64 = c
+            .query_one(
+                &format!("SELECT count(*) FROM {t} WHERE deleted_at IS NOT NULL"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
         total += n;
     }
     total

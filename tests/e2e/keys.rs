@@ -19,15 +19,19 @@ async fn moving_a_row_to_another_parent_rewrites_its_foreign_key() {
     let mut p = Pipeline::new().await;
     p.start().await;
     p.legacy_sql(SETUP).await;
-    p.legacy_sql("UPDATE prompt_libraries SET prompt_lab_id = 2 WHERE id = 10").await;
-    p.legacy_sql("UPDATE prompt_flows SET prompt_lab_id = 3 WHERE id = 20").await;
+    p.legacy_sql("UPDATE prompt_libraries SET prompt_lab_id = 2 WHERE id = 10")
+        .await;
+    p.legacy_sql("UPDATE prompt_flows SET prompt_lab_id = 3 WHERE id = 20")
+        .await;
     p.assert_converged().await;
     assert_eq!(
-        p.target_value("SELECT prompt_lab_id::text FROM prompt_libraries WHERE legacy_id = 10").await,
+        p.target_value("SELECT prompt_lab_id::text FROM prompt_libraries WHERE legacy_id = 10")
+            .await,
         Some(p.uuid("prompt_labs", 2))
     );
     assert_eq!(
-        p.target_value("SELECT prompt_lab_id::text FROM prompt_flows WHERE legacy_id = 20").await,
+        p.target_value("SELECT prompt_lab_id::text FROM prompt_flows WHERE legacy_id = 20")
+            .await,
         Some(p.uuid("prompt_labs", 3))
     );
 }
@@ -37,13 +41,21 @@ async fn changing_a_legacy_key_ends_the_old_identity_and_begins_a_new_one() {
     let mut p = Pipeline::new().await;
     p.start().await;
     p.legacy_sql(SETUP).await;
-    p.legacy_sql("UPDATE prompt_labs SET id = 99, name = 'C moved' WHERE id = 3").await;
-    p.legacy_sql("UPDATE prompt_flow_steps SET position = 7 WHERE prompt_flow_id = 20 AND position = 2").await;
+    p.legacy_sql("UPDATE prompt_labs SET id = 99, name = 'C moved' WHERE id = 3")
+        .await;
+    p.legacy_sql(
+        "UPDATE prompt_flow_steps SET position = 7 WHERE prompt_flow_id = 20 AND position = 2",
+    )
+    .await;
     p.assert_converged().await;
     let old = p.uuid("prompt_labs", 3);
     let new = p.uuid("prompt_labs", 99);
     assert_eq!(
-        p.target_value(&format!("SELECT (deleted_at IS NOT NULL)::text FROM prompt_labs WHERE id = '{old}'")).await.as_deref(),
+        p.target_value(&format!(
+            "SELECT (deleted_at IS NOT NULL)::text FROM prompt_labs WHERE id = '{old}'"
+        ))
+        .await
+        .as_deref(),
         Some("true"),
         "old identity ended"
     );

@@ -51,36 +51,74 @@ async fn every_table_arrives_rekeyed_with_every_type_intact() {
         async move { p.target_value(&sql).await }
     };
     // Keys and foreign keys.
-    assert_eq!(q("SELECT id::text FROM prompt_labs WHERE legacy_id = 1".into()).await, Some(p.uuid("prompt_labs", 1)));
+    assert_eq!(
+        q("SELECT id::text FROM prompt_labs WHERE legacy_id = 1".into()).await,
+        Some(p.uuid("prompt_labs", 1))
+    );
     assert_eq!(
         q("SELECT organization_id::text FROM prompt_labs WHERE legacy_id = 1".into()).await,
         Some(p.uuid("organizations", 7))
     );
-    assert_eq!(q("SELECT organization_id::text FROM prompt_labs WHERE legacy_id = 2".into()).await, None, "null tenant → null organization");
+    assert_eq!(
+        q("SELECT organization_id::text FROM prompt_labs WHERE legacy_id = 2".into()).await,
+        None,
+        "null tenant → null organization"
+    );
     assert_eq!(
         q("SELECT prompt_lab_id::text FROM prompt_libraries WHERE legacy_id = 10".into()).await,
         Some(p.uuid("prompt_labs", 1))
     );
     assert_eq!(
-        q("SELECT parent_template_id::text FROM prompt_templates WHERE legacy_id = 101".into()).await,
+        q("SELECT parent_template_id::text FROM prompt_templates WHERE legacy_id = 101".into())
+            .await,
         Some(p.uuid("prompt_templates", 100)),
         "self-reference"
     );
-    assert_eq!(q("SELECT parent_template_id::text FROM prompt_templates WHERE legacy_id = 100".into()).await, None);
+    assert_eq!(
+        q("SELECT parent_template_id::text FROM prompt_templates WHERE legacy_id = 100".into())
+            .await,
+        None
+    );
     let step = format!(
         "SELECT prompt_template_id::text FROM prompt_flow_steps WHERE prompt_flow_id = '{}' AND position = 2",
         p.uuid("prompt_flows", 20)
     );
-    assert_eq!(q(step.clone()).await, Some(p.uuid("prompt_templates", 101)), "composite key");
-    // Values of every type.
-    assert_eq!(q("SELECT name FROM prompt_labs WHERE legacy_id = 1".into()).await.as_deref(), Some("Lab ünïcødé — 日本語 🚀"));
-    assert_eq!(q("SELECT tags::text FROM prompt_libraries WHERE legacy_id = 10".into()).await.as_deref(), Some("{a,NULL,c}"));
     assert_eq!(
-        q("SELECT parameters::text FROM prompt_templates WHERE legacy_id = 100".into()).await.as_deref(),
+        q(step.clone()).await,
+        Some(p.uuid("prompt_templates", 101)),
+        "composite key"
+    );
+    // Values of every type.
+    assert_eq!(
+        q("SELECT name FROM prompt_labs WHERE legacy_id = 1".into())
+            .await
+            .as_deref(),
+        Some("Lab ünïcødé — 日本語 🚀")
+    );
+    assert_eq!(
+        q("SELECT tags::text FROM prompt_libraries WHERE legacy_id = 10".into())
+            .await
+            .as_deref(),
+        Some("{a,NULL,c}")
+    );
+    assert_eq!(
+        q("SELECT parameters::text FROM prompt_templates WHERE legacy_id = 100".into())
+            .await
+            .as_deref(),
         Some(r#"{"nested": {"k": [1, 2, null]}, "temperature": 0.7}"#)
     );
-    assert_eq!(q("SELECT cost_usd::text FROM prompt_executions WHERE legacy_id = 5000000000".into()).await.as_deref(), Some("123456.123456"));
-    assert_eq!(q("SELECT cost_usd::text FROM prompt_executions WHERE legacy_id = 5000000001".into()).await.as_deref(), Some("0.000001"));
+    assert_eq!(
+        q("SELECT cost_usd::text FROM prompt_executions WHERE legacy_id = 5000000000".into())
+            .await
+            .as_deref(),
+        Some("123456.123456")
+    );
+    assert_eq!(
+        q("SELECT cost_usd::text FROM prompt_executions WHERE legacy_id = 5000000001".into())
+            .await
+            .as_deref(),
+        Some("0.000001")
+    );
     assert_eq!(
         q("SELECT (latency_ms = 12.345678901234567::float8)::text FROM prompt_executions WHERE legacy_id = 5000000000".into()).await.as_deref(),
         Some("true"),
@@ -90,16 +128,37 @@ async fn every_table_arrives_rekeyed_with_every_type_intact() {
         q("SELECT (executed_at = '2026-01-02 01:04:05.123456+00')::text FROM prompt_executions WHERE legacy_id = 5000000000".into()).await.as_deref(),
         Some("true")
     );
-    assert_eq!(q("SELECT status::text FROM flow_executions WHERE legacy_id = 30".into()).await.as_deref(), Some("running"));
-    assert_eq!(q("SELECT response FROM prompt_executions WHERE legacy_id = 5000000001".into()).await.as_deref(), Some(""), "empty string is not NULL");
+    assert_eq!(
+        q("SELECT status::text FROM flow_executions WHERE legacy_id = 30".into())
+            .await
+            .as_deref(),
+        Some("running")
+    );
+    assert_eq!(
+        q("SELECT response FROM prompt_executions WHERE legacy_id = 5000000001".into())
+            .await
+            .as_deref(),
+        Some(""),
+        "empty string is not NULL"
+    );
 
     // One source transaction per statement.
     for statement in CHANGES.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         p.legacy_sql(statement).await;
     }
     p.assert_converged().await;
-    assert_eq!(q("SELECT status::text FROM flow_executions WHERE legacy_id = 30".into()).await.as_deref(), Some("succeeded"));
-    assert_eq!(q("SELECT result::text FROM flow_executions WHERE legacy_id = 30".into()).await.as_deref(), Some(r#"{"ok": true}"#));
+    assert_eq!(
+        q("SELECT status::text FROM flow_executions WHERE legacy_id = 30".into())
+            .await
+            .as_deref(),
+        Some("succeeded")
+    );
+    assert_eq!(
+        q("SELECT result::text FROM flow_executions WHERE legacy_id = 30".into())
+            .await
+            .as_deref(),
+        Some(r#"{"ok": true}"#)
+    );
     assert_eq!(q(step).await, Some(p.uuid("prompt_templates", 100)));
     assert_eq!(
         q("SELECT organization_id::text FROM prompt_labs WHERE legacy_id = 2".into()).await,
@@ -107,15 +166,39 @@ async fn every_table_arrives_rekeyed_with_every_type_intact() {
     );
     assert_eq!(q("SELECT variable_collection_id::text FROM prompt_executions WHERE legacy_id = 5000000000".into()).await, None, "FK set to NULL");
     // Deletes: soft where the table has deleted_at, real for the junction table.
-    assert_eq!(q("SELECT (deleted_at IS NOT NULL)::text FROM prompt_variables WHERE legacy_id = 1000".into()).await.as_deref(), Some("true"));
+    assert_eq!(
+        q(
+            "SELECT (deleted_at IS NOT NULL)::text FROM prompt_variables WHERE legacy_id = 1000"
+                .into()
+        )
+        .await
+        .as_deref(),
+        Some("true")
+    );
     assert_eq!(q("SELECT (deleted_at IS NOT NULL)::text FROM prompt_executions WHERE legacy_id = 5000000001".into()).await.as_deref(), Some("true"));
-    assert_eq!(q("SELECT (deleted_at IS NULL)::text FROM prompt_variables WHERE legacy_id = 1001".into()).await.as_deref(), Some("true"));
-    assert_eq!(q("SELECT count(*)::text FROM prompt_flow_steps".into()).await.as_deref(), Some("1"));
+    assert_eq!(
+        q("SELECT (deleted_at IS NULL)::text FROM prompt_variables WHERE legacy_id = 1001".into())
+            .await
+            .as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        q("SELECT count(*)::text FROM prompt_flow_steps".into())
+            .await
+            .as_deref(),
+        Some("1")
+    );
     // row_version grew with the update.
     let v: Vec<Option<String>> = vec![
         q("SELECT row_version::text FROM prompt_variables WHERE legacy_id = 1001".into()).await,
         q("SELECT row_version::text FROM prompt_variables WHERE legacy_id = 1000".into()).await,
     ];
-    let (updated, deleted) = (v[0].as_ref().unwrap().parse::<i64>().unwrap(), v[1].as_ref().unwrap().parse::<i64>().unwrap());
-    assert!(updated > 0 && deleted > updated, "row_version follows the source commit order: {updated} then {deleted}");
+    let (updated, deleted) = (
+        v[0].as_ref().unwrap().parse::<i64>().unwrap(),
+        v[1].as_ref().unwrap().parse::<i64>().unwrap(),
+    );
+    assert!(
+        updated > 0 && deleted > updated,
+        "row_version follows the source commit order: {updated} then {deleted}"
+    );
 }

@@ -41,7 +41,11 @@ async fn multi_table_and_chunked_transactions_are_seen_whole_and_in_order() {
                     )
                     .await
                     .unwrap();
-                seen.push((row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, i64>(2)));
+                seen.push((
+                    row.get::<_, String>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, i64>(2),
+                ));
             }
             seen
         })
@@ -70,13 +74,25 @@ async fn multi_table_and_chunked_transactions_are_seen_whole_and_in_order() {
     assert!(seen.len() > 10, "observed the target {} times", seen.len());
     let mut last_gen = 0;
     for (lab, flow, bulk) in &seen {
-        assert_eq!(lab, flow, "a transaction touching two tables was seen half applied");
+        assert_eq!(
+            lab, flow,
+            "a transaction touching two tables was seen half applied"
+        );
         let generation: u32 = lab[1..].parse().unwrap();
-        assert!(generation >= last_gen, "the target went back from g{last_gen} to g{generation}");
+        assert!(
+            generation >= last_gen,
+            "the target went back from g{last_gen} to g{generation}"
+        );
         last_gen = generation;
-        assert!(*bulk == 0 || *bulk == 1000, "a 1000-row transaction was seen with {bulk} rows");
+        assert!(
+            *bulk == 0 || *bulk == 1000,
+            "a 1000-row transaction was seen with {bulk} rows"
+        );
         if generation > 75 {
-            assert_eq!(*bulk, 1000, "a later transaction was visible before the large one");
+            assert_eq!(
+                *bulk, 1000,
+                "a later transaction was visible before the large one"
+            );
         }
     }
     assert_eq!(last_gen, 150);

@@ -14,40 +14,73 @@ use rekey_tests::pipeline::SECRET;
 use rekey_tests::{wait_until, Pipeline};
 
 fn table() -> event::Table {
-    let col = |name: &str, is_key: bool| event::Column { name: name.into(), type_name: String::new(), is_key };
+    let col = |name: &str, is_key: bool| event::Column {
+        name: name.into(),
+        type_name: String::new(),
+        is_key,
+    };
     event::Table {
         entity: "prompt_labs".into(),
         source_table: "public.prompt_labs".into(),
         target_table: "public.prompt_labs".into(),
-        columns: vec![col("id", true), col("legacy_id", false), col("lab_id", false), col("name", false)],
+        columns: vec![
+            col("id", true),
+            col("legacy_id", false),
+            col("lab_id", false),
+            col("name", false),
+        ],
     }
 }
 
 fn text(s: impl Into<String>) -> event::Value {
-    event::Value { kind: Some(Kind::Text(s.into())) }
+    event::Value {
+        kind: Some(Kind::Text(s.into())),
+    }
 }
 
 fn unchanged() -> event::Value {
-    event::Value { kind: Some(Kind::Unchanged(true)) }
+    event::Value {
+        kind: Some(Kind::Unchanged(true)),
+    }
 }
 
 struct Source;
 
 impl Source {
     fn change(&self, op: Op, key: i64, name: &str) -> event::Change {
-        let id = rekey::rekey::Rekeyer::new(SECRET.as_bytes()).uuid("prompt_labs", &key.to_string()).to_string();
+        let id = rekey::rekey::Rekeyer::new(SECRET.as_bytes())
+            .uuid("prompt_labs", &key.to_string())
+            .to_string();
         let row = match op {
             Op::Delete => vec![text(id), unchanged(), unchanged(), unchanged()],
-            _ => vec![text(id), text(key.to_string()), text(format!("lab-{key}")), text(name)],
+            _ => vec![
+                text(id),
+                text(key.to_string()),
+                text(format!("lab-{key}")),
+                text(name),
+            ],
         };
-        event::Change { table: 0, op: op as i32, ordinal: 0, id: Vec::new(), legacy_key: key.to_string(), row, old_key: Vec::new() }
+        event::Change {
+            table: 0,
+            op: op as i32,
+            ordinal: 0,
+            id: Vec::new(),
+            legacy_key: key.to_string(),
+            row,
+            old_key: Vec::new(),
+        }
     }
 
     fn txn(&self, lsn: u64, seq: u32, last: bool, changes: Vec<event::Change>) -> Vec<u8> {
         event::Batch {
             schema_version: event::SCHEMA_VERSION,
             transactions: vec![event::Transaction {
-                position: Some(event::SourcePosition { commit_lsn: lsn, end_lsn: lsn + 1, xid: lsn as u32, commit_time_micros: 1_700_000_000_000_000 + lsn as i64 }),
+                position: Some(event::SourcePosition {
+                    commit_lsn: lsn,
+                    end_lsn: lsn + 1,
+                    xid: lsn as u32,
+                    commit_time_micros: 1_700_000_000_000_000 + lsn as i64,
+                }),
                 chunk_seq: seq,
                 last,
                 heartbeat: false,
@@ -62,7 +95,12 @@ impl Source {
 async fn send(producer: &FutureProducer, topic: &str, payloads: Vec<Vec<u8>>) {
     for payload in payloads {
         producer
-            .send(FutureRecord::<(), [u8]>::to(topic).partition(0).payload(&payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::<(), [u8]>::to(topic)
+                    .partition(0)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
             .await
             .expect("delivered");
     }
@@ -78,7 +116,12 @@ async fn labs(p: &Pipeline) -> String {
 
 async fn consistent_lsn(p: &Pipeline) -> i64 {
     // The writer creates rekey.checkpoint when it starts.
-    match p.target_client().await.query_opt("SELECT commit_lsn FROM rekey.checkpoint", &[]).await {
+    match p
+        .target_client()
+        .await
+        .query_opt("SELECT commit_lsn FROM rekey.checkpoint", &[])
+        .await
+    {
         Ok(Some(row)) => row.get(0),
         _ => 0,
     }
@@ -89,29 +132,54 @@ async fn duplicates_partial_copies_and_stale_replays_apply_once() {
     let mut p = Pipeline::new().await;
     p.start_writer();
     let topic = p.config().kafka.topic.clone();
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", p.broker.bootstrap()).create().expect("producer");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", p.broker.bootstrap())
+        .create()
+        .expect("producer");
     let s = Source;
     use Op::*;
     send(
         &producer,
         &topic,
         vec![
-            s.txn(100, 0, true, vec![s.change(Insert, 1, "one"), s.change(Insert, 9, "nine")]),
+            s.txn(
+                100,
+                0,
+                true,
+                vec![s.change(Insert, 1, "one"), s.change(Insert, 9, "nine")],
+            ),
             // A chunked transaction whose first copy stops after two chunks…
             s.txn(200, 0, false, vec![s.change(Insert, 2, "two")]),
             s.txn(200, 1, false, vec![s.change(Insert, 3, "three")]),
             // …then the reader restarts from its confirmed LSN: a duplicate of 100,
-            s.txn(100, 0, true, vec![s.change(Insert, 1, "one"), s.change(Insert, 9, "nine")]),
+            s.txn(
+                100,
+                0,
+                true,
+                vec![s.change(Insert, 1, "one"), s.change(Insert, 9, "nine")],
+            ),
             // and the whole of 200 again, this time complete.
             s.txn(200, 0, false, vec![s.change(Insert, 2, "two")]),
             s.txn(200, 1, false, vec![s.change(Insert, 3, "three")]),
-            s.txn(200, 2, true, vec![s.change(Insert, 4, "four"), s.change(Update, 2, "two v2")]),
+            s.txn(
+                200,
+                2,
+                true,
+                vec![s.change(Insert, 4, "four"), s.change(Update, 2, "two v2")],
+            ),
         ],
     )
     .await;
-    wait_until("transaction 200 applied", Duration::from_secs(30), || async { consistent_lsn(&p).await == 200 }).await;
-    assert_eq!(labs(&p).await, "1:one:false 2:two v2:false 3:three:false 4:four:false 9:nine:false");
+    wait_until(
+        "transaction 200 applied",
+        Duration::from_secs(30),
+        || async { consistent_lsn(&p).await == 200 },
+    )
+    .await;
+    assert_eq!(
+        labs(&p).await,
+        "1:one:false 2:two v2:false 3:three:false 4:four:false 9:nine:false"
+    );
 
     // Restart the writer between two transactions, then deliver a delete, and stale
     // copies of the inserts (older LSN) that must not resurrect or overwrite anything.
@@ -120,18 +188,59 @@ async fn duplicates_partial_copies_and_stale_replays_apply_once() {
         &producer,
         &topic,
         vec![
-            s.txn(300, 0, true, vec![s.change(Delete, 1, ""), s.change(Update, 9, "nine v3")]),
-            s.txn(100, 0, true, vec![s.change(Insert, 1, "one"), s.change(Insert, 9, "nine")]),
-            s.txn(200, 2, true, vec![s.change(Insert, 4, "four"), s.change(Update, 2, "two v2")]),
+            s.txn(
+                300,
+                0,
+                true,
+                vec![s.change(Delete, 1, ""), s.change(Update, 9, "nine v3")],
+            ),
+            s.txn(
+                100,
+                0,
+                true,
+                vec![s.change(Insert, 1, "one"), s.change(Insert, 9, "nine")],
+            ),
+            s.txn(
+                200,
+                2,
+                true,
+                vec![s.change(Insert, 4, "four"), s.change(Update, 2, "two v2")],
+            ),
         ],
     )
     .await;
     p.start_writer();
-    wait_until("transaction 300 applied", Duration::from_secs(30), || async { consistent_lsn(&p).await == 300 }).await;
+    wait_until(
+        "transaction 300 applied",
+        Duration::from_secs(30),
+        || async { consistent_lsn(&p).await == 300 },
+    )
+    .await;
     // Let the stale copies reach the writer too.
-    send(&producer, &topic, vec![s.txn(400, 0, true, vec![s.change(Insert, 5, "five")])]).await;
-    wait_until("transaction 400 applied", Duration::from_secs(30), || async { consistent_lsn(&p).await == 400 }).await;
-    assert_eq!(labs(&p).await, "1:one:true 2:two v2:false 3:three:false 4:four:false 5:five:false 9:nine v3:false");
-    let versions = p.target_value("SELECT string_agg(row_version::text, ',' ORDER BY legacy_id) FROM prompt_labs").await;
-    assert_eq!(versions.as_deref(), Some("300,200,200,200,400,300"), "row_version is the commit LSN of the last change");
+    send(
+        &producer,
+        &topic,
+        vec![s.txn(400, 0, true, vec![s.change(Insert, 5, "five")])],
+    )
+    .await;
+    wait_until(
+        "transaction 400 applied",
+        Duration::from_secs(30),
+        || async { consistent_lsn(&p).await == 400 },
+    )
+    .await;
+    assert_eq!(
+        labs(&p).await,
+        "1:one:true 2:two v2:false 3:three:false 4:four:false 5:five:false 9:nine v3:false"
+    );
+    let versions = p
+        .target_value(
+            "SELECT string_agg(row_version::text, ',' ORDER BY legacy_id) FROM prompt_labs",
+        )
+        .await;
+    assert_eq!(
+        versions.as_deref(),
+        Some("300,200,200,200,400,300"),
+        "row_version is the commit LSN of the last change"
+    );
 }

@@ -61,7 +61,10 @@ pub struct Applier {
 
 impl Applier {
     pub fn new(catalog: Catalog) -> Self {
-        Self { catalog, statements: HashMap::new() }
+        Self {
+            catalog,
+            statements: HashMap::new(),
+        }
     }
 
     /// Applies the changes of one transaction chunk in order. Returns the number applied.
@@ -70,10 +73,12 @@ impl Applier {
         let row_version = position.commit_lsn as i64;
         let mut run: Option<Run> = None;
         for change in &txn.changes {
-            let table = txn
-                .tables
-                .get(change.table as usize)
-                .ok_or_else(|| Error::Invariant(format!("change refers to table #{} not in its chunk", change.table)))?;
+            let table = txn.tables.get(change.table as usize).ok_or_else(|| {
+                Error::Invariant(format!(
+                    "change refers to table #{} not in its chunk",
+                    change.table
+                ))
+            })?;
             let op = Op::try_from(change.op).unwrap_or(Op::Unspecified);
             metrics::counter!(telemetry::WRITER_EVENTS_APPLIED, "table" => table.target_table.clone(), "op" => crate::reader::op_label(op)).increment(1);
             let mut steps: Vec<(Kind2, &[event::Value])> = Vec::with_capacity(2);
@@ -83,10 +88,18 @@ impl Applier {
                     if !change.old_key.is_empty() {
                         steps.push((Kind2::Delete, &change.old_key));
                     }
-                    let unchanged: Vec<bool> =
-                        change.row.iter().map(|v| matches!(v.kind, Some(Kind::Unchanged(_)))).collect();
+                    let unchanged: Vec<bool> = change
+                        .row
+                        .iter()
+                        .map(|v| matches!(v.kind, Some(Kind::Unchanged(_))))
+                        .collect();
                     if unchanged.iter().any(|u| *u) {
-                        let carried = unchanged.iter().enumerate().filter(|(_, u)| !**u).map(|(i, _)| i).collect();
+                        let carried = unchanged
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, u)| !**u)
+                            .map(|(i, _)| i)
+                            .collect();
                         steps.push((Kind2::Partial(carried), &change.row));
                     } else {
                         steps.push((Kind2::Upsert, &change.row));
@@ -94,29 +107,51 @@ impl Applier {
                 }
                 Op::Delete => steps.push((Kind2::Delete, &change.row)),
                 Op::Truncate => steps.push((Kind2::Truncate, &change.row)),
-                Op::Unspecified => return Err(Error::Invariant(format!("change with unknown op {}", change.op))),
+                Op::Unspecified => {
+                    return Err(Error::Invariant(format!(
+                        "change with unknown op {}",
+                        change.op
+                    )))
+                }
             }
             for (kind, values) in steps {
                 let key = key_of(table, values)?;
-                let same = run.as_ref().is_some_and(|r| std::ptr::eq(r.table, table) && r.kind == kind);
+                let same = run
+                    .as_ref()
+                    .is_some_and(|r| std::ptr::eq(r.table, table) && r.kind == kind);
                 if !same {
                     if let Some(r) = run.take() {
-                        self.execute(client, r, row_version, position.commit_time_micros).await?;
+                        self.execute(client, r, row_version, position.commit_time_micros)
+                            .await?;
                     }
-                    run = Some(Run { table, kind, rows: Vec::new() });
+                    run = Some(Run {
+                        table,
+                        kind,
+                        rows: Vec::new(),
+                    });
                 }
                 run.as_mut().expect("run").rows.push(Row { key, values });
             }
         }
         if let Some(r) = run.take() {
-            self.execute(client, r, row_version, position.commit_time_micros).await?;
+            self.execute(client, r, row_version, position.commit_time_micros)
+                .await?;
         }
         Ok(txn.changes.len() as u64)
     }
 
-    async fn execute(&mut self, client: &Client, mut run: Run<'_>, row_version: i64, commit_micros: i64) -> Result<(), Error> {
+    async fn execute(
+        &mut self,
+        client: &Client,
+        mut run: Run<'_>,
+        row_version: i64,
+        commit_micros: i64,
+    ) -> Result<(), Error> {
         let target = self.catalog.get(&run.table.target_table).ok_or_else(|| {
-            Error::Setup(format!("events name target table {} which is not in [[tables]]", run.table.target_table))
+            Error::Setup(format!(
+                "events name target table {} which is not in [[tables]]",
+                run.table.target_table
+            ))
         })?;
         for c in &run.table.columns {
             if !target.columns.contains_key(&c.name) {
@@ -133,7 +168,9 @@ impl Applier {
                 last.insert(&r.key, i);
             }
             if last.len() < run.rows.len() {
-                let keep: Vec<bool> = (0..run.rows.len()).map(|i| last.get(&run.rows[i].key[..]) == Some(&i)).collect();
+                let keep: Vec<bool> = (0..run.rows.len())
+                    .map(|i| last.get(&run.rows[i].key[..]) == Some(&i))
+                    .collect();
                 let mut i = 0;
                 run.rows.retain(|_| {
                     i += 1;
@@ -154,12 +191,16 @@ impl Applier {
                 let s = client
                     .prepare(&sql)
                     .await
-                    .map_err(Error::target_db(format!("preparing a write to {}", run.table.target_table)))?;
+                    .map_err(Error::target_db(format!(
+                        "preparing a write to {}",
+                        run.table.target_table
+                    )))?;
                 self.statements.insert(sql.clone(), s.clone());
                 s
             }
         };
-        let mut arrays: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(run.rows.len()); columns.len()];
+        let mut arrays: Vec<Vec<Option<&str>>> =
+            vec![Vec::with_capacity(run.rows.len()); columns.len()];
         for r in &run.rows {
             for (a, &c) in arrays.iter_mut().zip(&columns) {
                 a.push(text_of(run.table, c, r.values)?);
@@ -167,7 +208,8 @@ impl Applier {
         }
         let versions = vec![row_version; run.rows.len()];
         let times = vec![commit_micros; run.rows.len()];
-        let mut params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
         match run.kind {
             Kind2::Truncate => {
                 params.push(&row_version);
@@ -184,13 +226,23 @@ impl Applier {
         client
             .execute(&stmt, &params)
             .await
-            .map_err(Error::target_db(format!("writing {} rows to {}", run.rows.len(), run.table.target_table)))?;
+            .map_err(Error::target_db(format!(
+                "writing {} rows to {}",
+                run.rows.len(),
+                run.table.target_table
+            )))?;
         Ok(())
     }
 }
 
 fn key_indices(table: &event::Table) -> Vec<usize> {
-    table.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect()
+    table
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_key)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn key_of<'a>(table: &event::Table, values: &'a [event::Value]) -> Result<Vec<&'a str>, Error> {
@@ -200,14 +252,23 @@ fn key_of<'a>(table: &event::Table, values: &'a [event::Value]) -> Result<Vec<&'
             match values.get(i).map(|v| &v.kind) {
                 Some(Some(Kind::Text(s))) => key.push(s.as_str()),
                 None if values.is_empty() => {} // truncate
-                _ => return Err(Error::Invariant(format!("{}: key column {} without a value", table.target_table, c.name))),
+                _ => {
+                    return Err(Error::Invariant(format!(
+                        "{}: key column {} without a value",
+                        table.target_table, c.name
+                    )))
+                }
             }
         }
     }
     Ok(key)
 }
 
-fn text_of<'a>(table: &event::Table, column: usize, values: &'a [event::Value]) -> Result<Option<&'a str>, Error> {
+fn text_of<'a>(
+    table: &event::Table,
+    column: usize,
+    values: &'a [event::Value],
+) -> Result<Option<&'a str>, Error> {
     match values.get(column).and_then(|v| v.kind.as_ref()) {
         Some(Kind::Text(s)) => Ok(Some(s)),
         Some(Kind::Null(_)) => Ok(None),
@@ -219,18 +280,30 @@ fn text_of<'a>(table: &event::Table, column: usize, values: &'a [event::Value]) 
             "{}.{}: binary values are not supported (the stream is in text format)",
             table.target_table, table.columns[column].name
         ))),
-        None => Err(Error::Invariant(format!("{}: row image shorter than its table", table.target_table))),
+        None => Err(Error::Invariant(format!(
+            "{}: row image shorter than its table",
+            table.target_table
+        ))),
     }
 }
 
 /// The SQL of one run. Parameters: one `text[]` per column in `columns`, then the
 /// row versions (`int8[]`), then for soft deletes the commit times (`int8[]`, Unix µs).
-fn statement_sql(table: &event::Table, target: &TargetTable, kind: &Kind2, columns: &[usize]) -> String {
+fn statement_sql(
+    table: &event::Table,
+    target: &TargetTable,
+    kind: &Kind2,
+    columns: &[usize],
+) -> String {
     let t = &target.sql_name;
     let name = |i: usize| quote_ident(&table.columns[i].name);
     let cast = |i: usize| format!("u.c{i}::{}", target.columns[&table.columns[i].name]);
     let unnest = |extra: &[&str]| {
-        let mut args: Vec<String> = columns.iter().enumerate().map(|(p, _)| format!("${}::text[]", p + 1)).collect();
+        let mut args: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(p, _)| format!("${}::text[]", p + 1))
+            .collect();
         let mut aliases: Vec<String> = columns.iter().map(|i| format!("c{i}")).collect();
         for (n, e) in extra.iter().enumerate() {
             args.push(format!("${}::int8[]", columns.len() + n + 1));
@@ -245,7 +318,11 @@ fn statement_sql(table: &event::Table, target: &TargetTable, kind: &Kind2, colum
             .collect::<Vec<_>>()
             .join(" AND ")
     };
-    let undelete = if target.soft_delete { ", deleted_at = NULL" } else { "" };
+    let undelete = if target.soft_delete {
+        ", deleted_at = NULL"
+    } else {
+        ""
+    };
     match kind {
         Kind2::Upsert => {
             let names: Vec<String> = columns.iter().map(|&i| name(i)).collect();

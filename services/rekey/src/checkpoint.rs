@@ -35,10 +35,17 @@ pub struct Checkpoint {
 }
 
 pub async fn ensure_schema(client: &Client) -> Result<(), Error> {
-    client.batch_execute(SCHEMA_SQL).await.map_err(Error::target_db("creating the rekey.checkpoint table"))
+    client
+        .batch_execute(SCHEMA_SQL)
+        .await
+        .map_err(Error::target_db("creating the rekey.checkpoint table"))
 }
 
-pub async fn load(client: &Client, topic: &str, partition: i32) -> Result<Option<Checkpoint>, Error> {
+pub async fn load(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<Checkpoint>, Error> {
     let row = client
         .query_opt(
             "SELECT next_offset, commit_lsn, end_lsn,
@@ -57,7 +64,12 @@ pub async fn load(client: &Client, topic: &str, partition: i32) -> Result<Option
 }
 
 /// Saves the position; call inside the transaction that applied the events.
-pub async fn save(client: &Client, topic: &str, partition: i32, cp: &Checkpoint) -> Result<(), Error> {
+pub async fn save(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    cp: &Checkpoint,
+) -> Result<(), Error> {
     client
         .execute(
             "INSERT INTO rekey.checkpoint (topic, partition, next_offset, commit_lsn, end_lsn, commit_time, updated_at)

@@ -242,7 +242,8 @@ impl Config {
     pub fn load(path: &Path, role: Role) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        let mut config = Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut config =
+            Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         config.apply_env(|k| std::env::var(k).ok());
         config.validate(role)?;
         Ok(config)
@@ -286,39 +287,63 @@ impl Config {
         let needs_source = matches!(role, Role::Reader);
         let needs_target = matches!(role, Role::Writer);
         if needs_source && self.source.url.0.is_empty() {
-            return bad("source.url", "missing: set it in the file or REKEY_SOURCE_URL");
+            return bad(
+                "source.url",
+                "missing: set it in the file or REKEY_SOURCE_URL",
+            );
         }
         if needs_target && self.target.url.0.is_empty() {
-            return bad("target.url", "missing: set it in the file or REKEY_TARGET_URL");
+            return bad(
+                "target.url",
+                "missing: set it in the file or REKEY_TARGET_URL",
+            );
         }
         if role != Role::Control && self.kafka.brokers.trim().is_empty() {
-            return bad("kafka.brokers", "missing: set it in the file or REKEY_KAFKA_BROKERS");
+            return bad(
+                "kafka.brokers",
+                "missing: set it in the file or REKEY_KAFKA_BROKERS",
+            );
         }
         if needs_source {
             if self.rekey.secret.0.is_empty() {
                 return bad("rekey.secret", "missing: set REKEY_ID_SECRET (at least 16 bytes, keep it forever: it defines every UUID)");
             }
             if self.rekey.secret.0.len() < crate::rekey::MIN_SECRET_BYTES {
-                return bad("rekey.secret", "too short: REKEY_ID_SECRET must be at least 16 bytes");
+                return bad(
+                    "rekey.secret",
+                    "too short: REKEY_ID_SECRET must be at least 16 bytes",
+                );
             }
         }
         if !is_identifier(&self.source.slot) {
-            return bad("source.slot", "must be lower-case letters, digits and underscores");
+            return bad(
+                "source.slot",
+                "must be lower-case letters, digits and underscores",
+            );
         }
         if !is_identifier(&self.source.publication) {
-            return bad("source.publication", "must be lower-case letters, digits and underscores");
+            return bad(
+                "source.publication",
+                "must be lower-case letters, digits and underscores",
+            );
         }
         if self.kafka.topic.is_empty() {
             return bad("kafka.topic", "must not be empty");
         }
         if self.source.chunk_max_changes == 0 || self.source.chunk_max_bytes < 1024 {
-            return bad("source.chunk_max_changes/chunk_max_bytes", "must be at least 1 change / 1024 bytes");
+            return bad(
+                "source.chunk_max_changes/chunk_max_bytes",
+                "must be at least 1 change / 1024 bytes",
+            );
         }
         if self.target.batch_max_changes == 0 {
             return bad("target.batch_max_changes", "must be at least 1");
         }
         if self.tables.is_empty() {
-            return bad("tables", "no [[tables]] configured: list the legacy tables to migrate");
+            return bad(
+                "tables",
+                "no [[tables]] configured: list the legacy tables to migrate",
+            );
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, t) in self.tables.iter().enumerate() {
@@ -331,7 +356,10 @@ impl Config {
             }
             for d in &t.derive {
                 if t.references.contains_key(&d.column) || Some(&d.column) == t.id.as_ref() {
-                    return bad(&field, &format!("derived column {} clashes with a key column", d.column));
+                    return bad(
+                        &field,
+                        &format!("derived column {} clashes with a key column", d.column),
+                    );
                 }
             }
         }
@@ -344,7 +372,9 @@ impl Config {
 
     /// The configured table for a legacy `schema.name`.
     pub fn table(&self, schema: &str, name: &str) -> Option<&TableConfig> {
-        self.tables.iter().find(|t| t.source_parts() == (schema, name))
+        self.tables
+            .iter()
+            .find(|t| t.source_parts() == (schema, name))
     }
 }
 
@@ -378,7 +408,10 @@ fn split_qualified(name: &str) -> (&str, &str) {
 }
 
 fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.len() < 64 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    !s.is_empty()
+        && s.len() < 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Quotes an SQL identifier.
@@ -415,7 +448,10 @@ mod tests {
         let mut c = Config::parse(MINIMAL).unwrap();
         c.apply_env(|k| (k == "REKEY_SOURCE_URL").then(|| "postgres://x/y".to_string()));
         let err = c.validate(Role::Reader).unwrap_err().to_string();
-        assert!(err.contains("rekey.secret") && err.contains("REKEY_ID_SECRET"), "{err}");
+        assert!(
+            err.contains("rekey.secret") && err.contains("REKEY_ID_SECRET"),
+            "{err}"
+        );
         c.apply_env(|k| (k == "REKEY_ID_SECRET").then(|| "0123456789abcdef0123".to_string()));
         c.validate(Role::Reader).unwrap();
         assert_eq!(c.source.url.expose(), "postgres://x/y");

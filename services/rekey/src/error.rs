@@ -38,7 +38,12 @@ pub enum Error {
     },
     /// An event the writer cannot apply: the pipeline stops rather than skip it.
     #[error("event at {topic}[{partition}]@{offset}: {reason}")]
-    Poison { topic: String, partition: i32, offset: i64, reason: String },
+    Poison {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        reason: String,
+    },
     #[error("decoding the replication stream")]
     Decode(#[from] crate::pgoutput::DecodeError),
     /// A broken invariant: stop before anything is lost.
@@ -63,12 +68,19 @@ impl Error {
     /// Whether waiting and trying again can help. Unknown means yes.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Config(_) | Error::Setup(_) | Error::Poison { .. } | Error::Decode(_) | Error::Invariant(_) => false,
+            Error::Config(_)
+            | Error::Setup(_)
+            | Error::Poison { .. }
+            | Error::Decode(_)
+            | Error::Invariant(_) => false,
             Error::Source { source, .. } | Error::Target { source, .. } => pg_retryable(source),
-            Error::Replication(e) => !matches!(
-                e,
-                pgwire_replication::PgWireError::Auth(_) | pgwire_replication::PgWireError::MessageTooLarge { .. }
-            ) && !replication_setup_error(e),
+            Error::Replication(e) => {
+                !matches!(
+                    e,
+                    pgwire_replication::PgWireError::Auth(_)
+                        | pgwire_replication::PgWireError::MessageTooLarge { .. }
+                ) && !replication_setup_error(e)
+            }
             Error::Kafka { source, .. } => !matches!(
                 source.rdkafka_error_code(),
                 Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)

@@ -60,18 +60,30 @@ pub struct Image {
 
 impl TableMap {
     /// `type_of(column)` gives the legacy type name (informational, carried in events).
-    pub fn new(rel: &Relation, table: &TableConfig, type_of: impl Fn(&str) -> String) -> Result<Self, Error> {
+    pub fn new(
+        rel: &Relation,
+        table: &TableConfig,
+        type_of: impl Fn(&str) -> String,
+    ) -> Result<Self, Error> {
         let index = |name: &str| -> Result<usize, Error> {
-            rel.columns.iter().position(|c| c.name == name).ok_or_else(|| {
-                Error::Setup(format!(
-                    "legacy table {}.{} has no column {name:?} named in its [[tables]] config",
-                    rel.namespace, rel.name
-                ))
-            })
+            rel.columns
+                .iter()
+                .position(|c| c.name == name)
+                .ok_or_else(|| {
+                    Error::Setup(format!(
+                        "legacy table {}.{} has no column {name:?} named in its [[tables]] config",
+                        rel.namespace, rel.name
+                    ))
+                })
         };
         let entity = table.entity().to_string();
-        let key_columns: Vec<usize> =
-            rel.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect();
+        let key_columns: Vec<usize> = rel
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_key)
+            .map(|(i, _)| i)
+            .collect();
         if key_columns.is_empty() {
             return Err(Error::Setup(format!(
                 "legacy table {}.{} has no primary key (replica identity): add one, or remove it from [[tables]]",
@@ -90,7 +102,12 @@ impl TableMap {
         let mut columns = Vec::with_capacity(rel.columns.len() + 1 + table.derive.len());
         for (i, c) in rel.columns.iter().enumerate() {
             if Some(i) == id_index {
-                columns.push(TargetColumn { name: "id".into(), type_name: "uuid".into(), is_key: true, source: Source::Id });
+                columns.push(TargetColumn {
+                    name: "id".into(),
+                    type_name: "uuid".into(),
+                    is_key: true,
+                    source: Source::Id,
+                });
                 columns.push(TargetColumn {
                     name: "legacy_id".into(),
                     type_name: type_of(&c.name),
@@ -102,7 +119,10 @@ impl TableMap {
                     name: c.name.clone(),
                     type_name: "uuid".into(),
                     is_key: id_index.is_none() && c.is_key,
-                    source: Source::Rekeyed { column: i, entity: parent.clone() },
+                    source: Source::Rekeyed {
+                        column: i,
+                        entity: parent.clone(),
+                    },
                 });
             } else {
                 columns.push(TargetColumn {
@@ -122,7 +142,10 @@ impl TableMap {
                 name: d.column.clone(),
                 type_name: "uuid".into(),
                 is_key: false,
-                source: Source::Rekeyed { column: from, entity: d.entity.clone() },
+                source: Source::Rekeyed {
+                    column: from,
+                    entity: d.entity.clone(),
+                },
             });
         }
         Ok(Self {
@@ -144,7 +167,11 @@ impl TableMap {
             columns: self
                 .columns
                 .iter()
-                .map(|c| event::Column { name: c.name.clone(), type_name: c.type_name.clone(), is_key: c.is_key })
+                .map(|c| event::Column {
+                    name: c.name.clone(),
+                    type_name: c.type_name.clone(),
+                    is_key: c.is_key,
+                })
                 .collect(),
         }
     }
@@ -159,7 +186,10 @@ impl TableMap {
             match tuple.0.get(i).and_then(pgoutput::Value::as_str) {
                 Some(s) => key.push_str(s),
                 None => {
-                    return Err(Error::Invariant(format!("{}: key column {i} missing in a change", self.source_table)))
+                    return Err(Error::Invariant(format!(
+                        "{}: key column {i} missing in a change",
+                        self.source_table
+                    )))
                 }
             }
         }
@@ -179,7 +209,10 @@ impl TableMap {
 
     fn build(&self, rk: &Rekeyer, tuple: &Tuple, keys_only: bool) -> Result<Image, Error> {
         if tuple.0.len() < self.key_columns.last().map_or(0, |k| k + 1) {
-            return Err(Error::Invariant(format!("{}: tuple shorter than its relation", self.source_table)));
+            return Err(Error::Invariant(format!(
+                "{}: tuple shorter than its relation",
+                self.source_table
+            )));
         }
         let legacy_key = self.legacy_key(tuple)?;
         let id = self.has_id.then(|| rk.uuid(&self.entity, &legacy_key));
@@ -195,7 +228,10 @@ impl TableMap {
                 Source::Rekeyed { column, entity } => match tuple.0.get(*column) {
                     Some(pgoutput::Value::Text(_)) => {
                         let key = tuple.0[*column].as_str().ok_or_else(|| {
-                            Error::Invariant(format!("{}.{}: key value is not UTF-8", self.source_table, c.name))
+                            Error::Invariant(format!(
+                                "{}.{}: key value is not UTF-8",
+                                self.source_table, c.name
+                            ))
                         })?;
                         text(rk.uuid(entity, key).to_string())
                     }
@@ -204,16 +240,24 @@ impl TableMap {
             };
             values.push(v);
         }
-        Ok(Image { id, legacy_key, values })
+        Ok(Image {
+            id,
+            legacy_key,
+            values,
+        })
     }
 }
 
 fn text(s: String) -> event::Value {
-    event::Value { kind: Some(Kind::Text(s)) }
+    event::Value {
+        kind: Some(Kind::Text(s)),
+    }
 }
 
 fn unchanged() -> event::Value {
-    event::Value { kind: Some(Kind::Unchanged(true)) }
+    event::Value {
+        kind: Some(Kind::Unchanged(true)),
+    }
 }
 
 fn copy(v: Option<&pgoutput::Value>) -> event::Value {
@@ -252,7 +296,12 @@ mod tests {
             replica_identity: b'd',
             columns: cols
                 .iter()
-                .map(|(n, k)| RelationColumn { is_key: *k, name: (*n).into(), type_oid: 23, type_modifier: -1 })
+                .map(|(n, k)| RelationColumn {
+                    is_key: *k,
+                    name: (*n).into(),
+                    type_oid: 23,
+                    type_modifier: -1,
+                })
                 .collect(),
         }
     }
@@ -276,19 +325,47 @@ mod tests {
     #[test]
     fn keys_and_references_become_parent_uuids() {
         let rk = Rekeyer::new(b"0123456789abcdef");
-        let r = rel("prompt_templates", &[("id", true), ("prompt_library_id", false), ("parent_template_id", false), ("content", false)]);
+        let r = rel(
+            "prompt_templates",
+            &[
+                ("id", true),
+                ("prompt_library_id", false),
+                ("parent_template_id", false),
+                ("content", false),
+            ],
+        );
         let c = cfg(r#"[[tables]]
             name = "prompt_templates"
             id = "id"
             references = { prompt_library_id = "prompt_libraries", parent_template_id = "prompt_templates" }"#);
         let m = TableMap::new(&r, &c, |_| "integer".into()).unwrap();
         let names: Vec<_> = m.descriptor().columns.into_iter().map(|c| c.name).collect();
-        assert_eq!(names, ["id", "legacy_id", "prompt_library_id", "parent_template_id", "content"]);
-        let img = m.image(&rk, &Tuple(vec![t("5"), t("9"), PgValue::Null, PgValue::UnchangedToast])).unwrap();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "legacy_id",
+                "prompt_library_id",
+                "parent_template_id",
+                "content"
+            ]
+        );
+        let img = m
+            .image(
+                &rk,
+                &Tuple(vec![t("5"), t("9"), PgValue::Null, PgValue::UnchangedToast]),
+            )
+            .unwrap();
         assert_eq!(img.id, Some(rk.uuid("prompt_templates", "5")));
-        assert_eq!(as_text(&img.values[0]), Some(rk.uuid("prompt_templates", "5").to_string().as_str()));
+        assert_eq!(
+            as_text(&img.values[0]),
+            Some(rk.uuid("prompt_templates", "5").to_string().as_str())
+        );
         assert_eq!(as_text(&img.values[1]), Some("5"));
-        assert_eq!(as_text(&img.values[2]), Some(rk.uuid("prompt_libraries", "9").to_string().as_str()));
+        assert_eq!(
+            as_text(&img.values[2]),
+            Some(rk.uuid("prompt_libraries", "9").to_string().as_str())
+        );
         assert_eq!(img.values[3].kind, Some(Kind::Null(true)));
         assert_eq!(img.values[4].kind, Some(Kind::Unchanged(true)));
     }
@@ -296,18 +373,35 @@ mod tests {
     #[test]
     fn composite_keys_keep_their_columns_and_self_describe() {
         let rk = Rekeyer::new(b"0123456789abcdef");
-        let r = rel("prompt_flow_steps", &[("prompt_flow_id", true), ("position", true), ("prompt_template_id", false)]);
+        let r = rel(
+            "prompt_flow_steps",
+            &[
+                ("prompt_flow_id", true),
+                ("position", true),
+                ("prompt_template_id", false),
+            ],
+        );
         let c = cfg(r#"[[tables]]
             name = "prompt_flow_steps"
             references = { prompt_flow_id = "prompt_flows", prompt_template_id = "prompt_templates" }"#);
         let m = TableMap::new(&r, &c, |_| "integer".into()).unwrap();
         let d = m.descriptor();
-        let keys: Vec<_> = d.columns.iter().filter(|c| c.is_key).map(|c| c.name.as_str()).collect();
+        let keys: Vec<_> = d
+            .columns
+            .iter()
+            .filter(|c| c.is_key)
+            .map(|c| c.name.as_str())
+            .collect();
         assert_eq!(keys, ["prompt_flow_id", "position"]);
-        let img = m.key_image(&rk, &Tuple(vec![t("7"), t("3"), PgValue::Null])).unwrap();
+        let img = m
+            .key_image(&rk, &Tuple(vec![t("7"), t("3"), PgValue::Null]))
+            .unwrap();
         assert_eq!(img.id, None);
         assert_eq!(img.legacy_key, "7/3");
-        assert_eq!(as_text(&img.values[0]), Some(rk.uuid("prompt_flows", "7").to_string().as_str()));
+        assert_eq!(
+            as_text(&img.values[0]),
+            Some(rk.uuid("prompt_flows", "7").to_string().as_str())
+        );
         assert_eq!(img.values[2].kind, Some(Kind::Unchanged(true)));
     }
 
@@ -322,7 +416,10 @@ mod tests {
         let m = TableMap::new(&r, &c, |_| "integer".into()).unwrap();
         let img = m.image(&rk, &Tuple(vec![t("1"), t("77")])).unwrap();
         assert_eq!(as_text(&img.values[2]), Some("77"));
-        assert_eq!(as_text(&img.values[3]), Some(rk.uuid("organizations", "77").to_string().as_str()));
+        assert_eq!(
+            as_text(&img.values[3]),
+            Some(rk.uuid("organizations", "77").to_string().as_str())
+        );
         let img = m.image(&rk, &Tuple(vec![t("1"), PgValue::Null])).unwrap();
         assert_eq!(img.values[3].kind, Some(Kind::Null(true)));
     }
@@ -331,7 +428,9 @@ mod tests {
     fn a_table_without_key_is_a_clear_error() {
         let r = rel("audit_log", &[("id", false), ("msg", false)]);
         let c = cfg("[[tables]]\nname = \"audit_log\"\nid = \"id\"");
-        let err = TableMap::new(&r, &c, |_| "integer".into()).unwrap_err().to_string();
+        let err = TableMap::new(&r, &c, |_| "integer".into())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("public.audit_log has no primary key"), "{err}");
     }
 }

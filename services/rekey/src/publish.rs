@@ -53,13 +53,20 @@ pub fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
 
 /// Waits until the broker answers a metadata request, retrying with exponential backoff
 /// and saying so. Returns only when the broker is reachable (or on cancellation).
-pub async fn wait_for_broker(kafka: &KafkaConfig, cancel: &tokio_util::sync::CancellationToken) -> Result<(), Error> {
-    let consumer: BaseConsumer = client_config(kafka).create().map_err(Error::kafka("creating a metadata client"))?;
+pub async fn wait_for_broker(
+    kafka: &KafkaConfig,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), Error> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .create()
+        .map_err(Error::kafka("creating a metadata client"))?;
     let mut backoff = BACKOFF_START;
     loop {
         let probe = {
             let c = &consumer;
-            tokio::task::block_in_place(|| c.fetch_metadata(None, Duration::from_secs(5)).map(|_| ()))
+            tokio::task::block_in_place(|| {
+                c.fetch_metadata(None, Duration::from_secs(5)).map(|_| ())
+            })
         };
         match probe {
             Ok(()) => return Ok(()),
@@ -77,17 +84,23 @@ pub async fn wait_for_broker(kafka: &KafkaConfig, cancel: &tokio_util::sync::Can
 
 /// Creates the topic with one partition if it does not exist.
 pub async fn ensure_topic(kafka: &KafkaConfig) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(kafka).create().map_err(Error::kafka("creating an admin client"))?;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(Error::kafka("creating an admin client"))?;
     let topic = NewTopic::new(&kafka.topic, 1, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics([&topic], &opts).await.map_err(Error::kafka("creating the topic"))?;
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .map_err(Error::kafka("creating the topic"))?;
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(Error::kafka(format!("creating topic {name}"))(rdkafka::error::KafkaError::AdminOp(code)))
+                return Err(Error::kafka(format!("creating topic {name}"))(
+                    rdkafka::error::KafkaError::AdminOp(code),
+                ))
             }
         }
     }

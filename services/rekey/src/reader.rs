@@ -76,7 +76,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
             Err(e) => {
-                metrics::counter!(telemetry::ERRORS, "component" => "reader", "kind" => "fatal").increment(1);
+                metrics::counter!(telemetry::ERRORS, "component" => "reader", "kind" => "fatal")
+                    .increment(1);
                 return Err(e);
             }
         }
@@ -103,15 +104,27 @@ async fn stream(
         None => "localhost".into(),
     };
     let port = pg.get_ports().first().copied().unwrap_or(5432);
-    let password = pg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
     let user = pg.get_user().unwrap_or("postgres").to_string();
     let db = pg.get_dbname().unwrap_or(&user).to_string();
-    let repl_config = ReplicationConfig::new(host, user, password, db, &config.source.slot, config.source.publication.as_str())
-        .with_port(port)
-        .with_status_interval(STATUS_INTERVAL)
-        .with_wakeup_interval(Duration::from_secs(5))
-        .with_options("-c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC")
-        .with_application_name(format!("rekey-reader:{}", config.source.slot));
+    let repl_config = ReplicationConfig::new(
+        host,
+        user,
+        password,
+        db,
+        &config.source.slot,
+        config.source.publication.as_str(),
+    )
+    .with_port(port)
+    .with_status_interval(STATUS_INTERVAL)
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_options(
+        "-c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC",
+    )
+    .with_application_name(format!("rekey-reader:{}", config.source.slot));
     let mut repl = ReplicationClient::connect(repl_config).await?;
     repl.wait_started().await?;
     tracing::info!(slot = %config.source.slot, publication = %config.source.publication, topic = %config.kafka.topic, "streaming");
@@ -135,7 +148,9 @@ async fn stream(
         producer,
         ack: ack_tx,
     };
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(config.source.heartbeat_interval_secs.max(1)));
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(
+        config.source.heartbeat_interval_secs.max(1),
+    ));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sample = tokio::time::interval(SLOT_SAMPLE_INTERVAL);
 
@@ -206,7 +221,11 @@ struct InFlight {
 }
 
 /// Awaits deliveries in publish order and raises the confirmed LSN.
-async fn acker(mut rx: mpsc::Receiver<InFlight>, confirmed: watch::Sender<u64>, failed: mpsc::Sender<Error>) {
+async fn acker(
+    mut rx: mpsc::Receiver<InFlight>,
+    confirmed: watch::Sender<u64>,
+    failed: mpsc::Sender<Error>,
+) {
     while let Some(item) = rx.recv().await {
         if let Some(delivery) = item.delivery {
             match delivery.await {
@@ -219,7 +238,9 @@ async fn acker(mut rx: mpsc::Receiver<InFlight>, confirmed: watch::Sender<u64>, 
                     return;
                 }
                 Err(_) => {
-                    let _ = failed.send(Error::Invariant("producer dropped a delivery".into())).await;
+                    let _ = failed
+                        .send(Error::Invariant("producer dropped a delivery".into()))
+                        .await;
                     return;
                 }
             }
@@ -256,7 +277,11 @@ struct StreamState<'a> {
 impl StreamState<'_> {
     async fn handle(&mut self, ev: ReplicationEvent) -> Result<(), Error> {
         match ev {
-            ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
                 self.open = Some(OpenTxn {
                     position: event::SourcePosition {
                         commit_lsn: final_lsn.as_u64(),
@@ -277,7 +302,11 @@ impl StreamState<'_> {
                 let msg = pgoutput::decode(&data)?;
                 self.handle_message(msg).await?;
             }
-            ReplicationEvent::Message { transactional, prefix, .. } => {
+            ReplicationEvent::Message {
+                transactional,
+                prefix,
+                ..
+            } => {
                 if transactional && prefix == slot::HEARTBEAT_PREFIX {
                     if let Some(open) = &mut self.open {
                         open.heartbeat = true;
@@ -286,13 +315,20 @@ impl StreamState<'_> {
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 let Some(mut open) = self.open.take() else {
-                    return Err(Error::Invariant("commit without begin in the replication stream".into()));
+                    return Err(Error::Invariant(
+                        "commit without begin in the replication stream".into(),
+                    ));
                 };
                 metrics::counter!(telemetry::READER_TRANSACTIONS).increment(1);
                 open.position.end_lsn = end_lsn.as_u64();
                 if open.changes.is_empty() && open.chunk_seq == 0 && !open.heartbeat {
                     // Nothing of ours: confirm it in turn, publish nothing.
-                    self.enqueue(InFlight { delivery: None, changes: 0, confirm: Some(end_lsn.as_u64()) }).await?;
+                    self.enqueue(InFlight {
+                        delivery: None,
+                        changes: 0,
+                        confirm: Some(end_lsn.as_u64()),
+                    })
+                    .await?;
                 } else {
                     self.publish(&mut open, true).await?;
                 }
@@ -310,7 +346,10 @@ impl StreamState<'_> {
                         let source = table.source_name();
                         let types = &self.types;
                         let map = TableMap::new(&rel, table, |col| {
-                            types.get(&(source.clone(), col.to_string())).cloned().unwrap_or_else(|| "text".into())
+                            types
+                                .get(&(source.clone(), col.to_string()))
+                                .cloned()
+                                .unwrap_or_else(|| "text".into())
                         })?;
                         Some(Arc::new(map))
                     }
@@ -322,12 +361,21 @@ impl StreamState<'_> {
                 self.relations.insert(rel.oid, map);
             }
             Message::Insert { relation, new } => {
-                let Some(map) = self.mapping(relation)? else { return Ok(()) };
+                let Some(map) = self.mapping(relation)? else {
+                    return Ok(());
+                };
                 let img = map.image(&self.rekeyer, &new)?;
                 self.push(relation, &map, Op::Insert, img, None).await?;
             }
-            Message::Update { relation, key, old, new } => {
-                let Some(map) = self.mapping(relation)? else { return Ok(()) };
+            Message::Update {
+                relation,
+                key,
+                old,
+                new,
+            } => {
+                let Some(map) = self.mapping(relation)? else {
+                    return Ok(());
+                };
                 let img = map.image(&self.rekeyer, &new)?;
                 let old_key = match key.as_ref().or(old.as_ref()) {
                     Some(old) => {
@@ -339,24 +387,41 @@ impl StreamState<'_> {
                 self.push(relation, &map, Op::Update, img, old_key).await?;
             }
             Message::Delete { relation, key, old } => {
-                let Some(map) = self.mapping(relation)? else { return Ok(()) };
+                let Some(map) = self.mapping(relation)? else {
+                    return Ok(());
+                };
                 let Some(old) = key.as_ref().or(old.as_ref()) else {
-                    return Err(Error::Invariant(format!("{}: delete without a key", map.source_table)));
+                    return Err(Error::Invariant(format!(
+                        "{}: delete without a key",
+                        map.source_table
+                    )));
                 };
                 let img = map.key_image(&self.rekeyer, old)?;
                 self.push(relation, &map, Op::Delete, img, None).await?;
             }
             Message::Truncate { relations, .. } => {
                 for relation in relations {
-                    let Some(map) = self.mapping(relation)? else { continue };
-                    let img = crate::mapping::Image { id: None, legacy_key: String::new(), values: Vec::new() };
+                    let Some(map) = self.mapping(relation)? else {
+                        continue;
+                    };
+                    let img = crate::mapping::Image {
+                        id: None,
+                        legacy_key: String::new(),
+                        values: Vec::new(),
+                    };
                     self.push(relation, &map, Op::Truncate, img, None).await?;
                 }
             }
             Message::Begin { .. } | Message::Commit { .. } => {
-                return Err(Error::Invariant("unexpected raw begin/commit in the replication stream".into()));
+                return Err(Error::Invariant(
+                    "unexpected raw begin/commit in the replication stream".into(),
+                ));
             }
-            Message::Message { transactional, prefix, .. } => {
+            Message::Message {
+                transactional,
+                prefix,
+                ..
+            } => {
                 if transactional && prefix == slot::HEARTBEAT_PREFIX {
                     if let Some(open) = &mut self.open {
                         open.heartbeat = true;
@@ -371,7 +436,9 @@ impl StreamState<'_> {
     fn mapping(&self, relation: u32) -> Result<Option<Arc<TableMap>>, Error> {
         match self.relations.get(&relation) {
             Some(m) => Ok(m.clone()),
-            None => Err(Error::Invariant(format!("change for relation {relation} before its Relation message"))),
+            None => Err(Error::Invariant(format!(
+                "change for relation {relation} before its Relation message"
+            ))),
         }
     }
 
@@ -383,7 +450,10 @@ impl StreamState<'_> {
         img: crate::mapping::Image,
         old_key: Option<Vec<event::Value>>,
     ) -> Result<(), Error> {
-        let open = self.open.as_mut().ok_or_else(|| Error::Invariant("row change outside a transaction".into()))?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::Invariant("row change outside a transaction".into()))?;
         metrics::counter!(telemetry::READER_EVENTS_READ, "table" => map.target_table.clone(), "op" => op_label(op)).increment(1);
         let table = match open.table_index.get(&relation) {
             Some(&i) => i,
@@ -395,7 +465,9 @@ impl StreamState<'_> {
             }
         };
         let bytes = img.values.iter().map(value_size).sum::<usize>()
-            + old_key.as_ref().map_or(0, |v| v.iter().map(value_size).sum())
+            + old_key
+                .as_ref()
+                .map_or(0, |v| v.iter().map(value_size).sum())
             + img.legacy_key.len()
             + 24;
         open.changes.push(event::Change {
@@ -409,7 +481,9 @@ impl StreamState<'_> {
         });
         open.ordinal += 1;
         open.bytes += bytes;
-        if open.changes.len() >= self.config.source.chunk_max_changes || open.bytes >= self.config.source.chunk_max_bytes {
+        if open.changes.len() >= self.config.source.chunk_max_changes
+            || open.bytes >= self.config.source.chunk_max_bytes
+        {
             let mut open = self.open.take().expect("open");
             self.publish(&mut open, false).await?;
             self.open = Some(open);
@@ -444,18 +518,29 @@ impl StreamState<'_> {
                 .payload(&payload[..]);
             match self.producer.send_result(record) {
                 Ok(d) => break d,
-                Err((e, _)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => return Err(Error::kafka("queueing a batch")(e)),
             }
         };
         let confirm = last.then_some(open.position.end_lsn);
-        self.enqueue(InFlight { delivery: Some(delivery), changes: count, confirm }).await
+        self.enqueue(InFlight {
+            delivery: Some(delivery),
+            changes: count,
+            confirm,
+        })
+        .await
     }
 
     async fn enqueue(&mut self, item: InFlight) -> Result<(), Error> {
-        self.ack.send(item).await.map_err(|_| Error::Invariant("the acknowledgement task stopped".into()))
+        self.ack
+            .send(item)
+            .await
+            .map_err(|_| Error::Invariant("the acknowledgement task stopped".into()))
     }
 }
 

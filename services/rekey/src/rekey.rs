@@ -36,7 +36,8 @@ impl std::fmt::Debug for Rekeyer {
 
 impl Rekeyer {
     pub fn new(secret: &[u8]) -> Self {
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        let mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
         Self { mac }
     }
 
@@ -80,7 +81,10 @@ mod tests {
         let c = Rekeyer::new(b"another-secret-of-enough-length");
         assert_eq!(a.uuid("prompt_labs", "42"), b.uuid("prompt_labs", "42"));
         assert_ne!(a.uuid("prompt_labs", "42"), c.uuid("prompt_labs", "42"));
-        assert_ne!(a.uuid("prompt_labs", "42"), a.uuid("prompt_libraries", "42"));
+        assert_ne!(
+            a.uuid("prompt_labs", "42"),
+            a.uuid("prompt_libraries", "42")
+        );
         assert_ne!(a.uuid("prompt_labs", "42"), a.uuid("prompt_labs", "43"));
     }
 
@@ -101,7 +105,9 @@ mod tests {
     fn uuid_order_tells_nothing_about_legacy_order() {
         let r = Rekeyer::new(SECRET);
         let n = 10_000usize;
-        let mut by_uuid: Vec<(Uuid, usize)> = (0..n).map(|k| (r.uuid("prompt_executions", &k.to_string()), k)).collect();
+        let mut by_uuid: Vec<(Uuid, usize)> = (0..n)
+            .map(|k| (r.uuid("prompt_executions", &k.to_string()), k))
+            .collect();
         by_uuid.sort();
         // Spearman's rho between uuid rank and key.
         let mean = (n as f64 - 1.0) / 2.0;
@@ -111,9 +117,15 @@ mod tests {
             var += (rank as f64 - mean).powi(2);
         }
         let rho = cov / var;
-        assert!(rho.abs() < 0.05, "rank correlation {rho} between uuid order and legacy order");
+        assert!(
+            rho.abs() < 0.05,
+            "rank correlation {rho} between uuid order and legacy order"
+        );
         let inversions = by_uuid.windows(2).filter(|w| w[0].1 > w[1].1).count();
         let share = inversions as f64 / (n - 1) as f64;
-        assert!((0.45..0.55).contains(&share), "{share} of neighbours inverted");
+        assert!(
+            (0.45..0.55).contains(&share),
+            "{share} of neighbours inverted"
+        );
     }
 }

@@ -60,7 +60,10 @@ pub async fn check_source(client: &Client, config: &Config) -> Result<TypeNames,
                 &[&schema, &name],
             )
             .await
-            .map_err(Error::source_db(format!("reading the columns of {}", t.source_name())))?;
+            .map_err(Error::source_db(format!(
+                "reading the columns of {}",
+                t.source_name()
+            )))?;
         if rows.is_empty() {
             return Err(Error::Setup(format!(
                 "source table {} does not exist: create it or remove it from [[tables]]",
@@ -74,8 +77,15 @@ pub async fn check_source(client: &Client, config: &Config) -> Result<TypeNames,
                 t.source_name()
             )));
         }
-        let columns: HashMap<String, (String, bool)> =
-            rows.iter().map(|r| (r.get::<_, String>(0), (r.get::<_, String>(1), r.get::<_, bool>(2)))).collect();
+        let columns: HashMap<String, (String, bool)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    (r.get::<_, String>(1), r.get::<_, bool>(2)),
+                )
+            })
+            .collect();
         let mut named: Vec<&str> = t.references.keys().map(String::as_str).collect();
         named.extend(t.derive.iter().map(|d| d.from.as_str()));
         named.extend(t.id.as_deref());
@@ -88,7 +98,11 @@ pub async fn check_source(client: &Client, config: &Config) -> Result<TypeNames,
             }
         }
         if let Some(id) = &t.id {
-            let keys: Vec<&String> = columns.iter().filter(|(_, (_, k))| *k).map(|(n, _)| n).collect();
+            let keys: Vec<&String> = columns
+                .iter()
+                .filter(|(_, (_, k))| *k)
+                .map(|(n, _)| n)
+                .collect();
             if keys != [id] {
                 return Err(Error::Setup(format!(
                     "source table {}: `id = {id:?}` must be its whole primary key (it is {keys:?})",
@@ -122,20 +136,31 @@ pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), 
         })
         .collect();
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[publication],
+        )
         .await
         .map_err(Error::source_db("reading publications"))?
         .is_some();
     if !exists {
         client
-            .batch_execute(&format!("CREATE PUBLICATION {publication} FOR TABLE {}", tables.join(", ")))
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {publication} FOR TABLE {}",
+                tables.join(", ")
+            ))
             .await
-            .map_err(Error::source_db(format!("creating publication {publication}")))?;
+            .map_err(Error::source_db(format!(
+                "creating publication {publication}"
+            )))?;
         tracing::info!(publication, tables = tables.len(), "created publication");
         return Ok(());
     }
     let published: Vec<String> = client
-        .query("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1", &[publication])
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[publication],
+        )
         .await
         .map_err(Error::source_db("reading publication tables"))?
         .iter()
@@ -145,9 +170,15 @@ pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), 
         if !published.contains(&t.source_name()) {
             let (s, n) = t.source_parts();
             client
-                .batch_execute(&format!("ALTER PUBLICATION {publication} ADD TABLE {}", quote_qualified(s, n)))
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {publication} ADD TABLE {}",
+                    quote_qualified(s, n)
+                ))
                 .await
-                .map_err(Error::source_db(format!("adding {} to publication {publication}", t.source_name())))?;
+                .map_err(Error::source_db(format!(
+                    "adding {} to publication {publication}",
+                    t.source_name()
+                )))?;
             tracing::info!(publication, table = %t.source_name(), "added table to publication");
         }
     }
@@ -158,7 +189,10 @@ pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), 
 pub async fn ensure_slot(client: &Client, config: &Config) -> Result<bool, Error> {
     let slot = &config.source.slot;
     let row = client
-        .query_opt("SELECT plugin FROM pg_replication_slots WHERE slot_name = $1", &[slot])
+        .query_opt(
+            "SELECT plugin FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
         .await
         .map_err(Error::source_db("reading replication slots"))?;
     match row {
@@ -173,9 +207,14 @@ pub async fn ensure_slot(client: &Client, config: &Config) -> Result<bool, Error
         }
         None => {
             client
-                .query_one("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot])
+                .query_one(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[slot],
+                )
                 .await
-                .map_err(Error::source_db(format!("creating replication slot {slot}")))?;
+                .map_err(Error::source_db(format!(
+                    "creating replication slot {slot}"
+                )))?;
             tracing::info!(slot, "created replication slot");
             Ok(true)
         }
@@ -186,7 +225,10 @@ pub async fn ensure_slot(client: &Client, config: &Config) -> Result<bool, Error
 /// so an idle database still advances the slot and the consistent position.
 pub async fn emit_heartbeat(client: &Client) -> Result<(), Error> {
     client
-        .query_one("SELECT pg_logical_emit_message(true, $1, now()::text)", &[&HEARTBEAT_PREFIX])
+        .query_one(
+            "SELECT pg_logical_emit_message(true, $1, now()::text)",
+            &[&HEARTBEAT_PREFIX],
+        )
         .await
         .map_err(Error::source_db("emitting heartbeat"))?;
     Ok(())

@@ -49,10 +49,19 @@ impl fmt::Display for Status {
                 lsn_text(s.confirmed_flush_lsn),
                 s.retained_bytes
             )?,
-            None => writeln!(f, "source: slot {} not found (or source.url not set)", self.slot)?,
+            None => writeln!(
+                f,
+                "source: slot {} not found (or source.url not set)",
+                self.slot
+            )?,
         }
         match self.checkpoint {
-            Some(c) => writeln!(f, "target: consistent at {}  next offset {}", lsn_text(c.commit_lsn), c.next_offset)?,
+            Some(c) => writeln!(
+                f,
+                "target: consistent at {}  next offset {}",
+                lsn_text(c.commit_lsn),
+                c.next_offset
+            )?,
             None => writeln!(f, "target: nothing applied yet (or target.url not set)")?,
         }
         if let Some(lag) = self.lag_bytes() {
@@ -63,35 +72,56 @@ impl fmt::Display for Status {
 }
 
 pub async fn read(config: &Config) -> Result<Status, Error> {
-    let mut status = Status { slot: config.source.slot.clone(), ..Default::default() };
+    let mut status = Status {
+        slot: config.source.slot.clone(),
+        ..Default::default()
+    };
     if !config.source.url.expose().is_empty() {
-        let c = slot::connect(config.source.url.expose(), "source").await.map_err(Error::source_db("connecting"))?;
+        let c = slot::connect(config.source.url.expose(), "source")
+            .await
+            .map_err(Error::source_db("connecting"))?;
         status.source = slot::slot_position(&c, &config.source.slot).await?;
     }
     if !config.target.url.expose().is_empty() {
-        let c = slot::connect(config.target.url.expose(), "target").await.map_err(Error::target_db("connecting"))?;
+        let c = slot::connect(config.target.url.expose(), "target")
+            .await
+            .map_err(Error::target_db("connecting"))?;
         let exists: bool = c
             .query_one("SELECT to_regclass('rekey.checkpoint') IS NOT NULL", &[])
             .await
             .map_err(Error::target_db("reading the checkpoint"))?
             .get(0);
         if exists {
-            status.checkpoint = checkpoint::load(&c, &config.kafka.topic, crate::publish::PARTITION).await?;
+            status.checkpoint =
+                checkpoint::load(&c, &config.kafka.topic, crate::publish::PARTITION).await?;
         }
     }
     Ok(status)
 }
 
 /// The target table and legacy key of a UUID.
-pub async fn resolve_uuid(config: &Config, id: uuid::Uuid) -> Result<Option<(String, String)>, Error> {
+pub async fn resolve_uuid(
+    config: &Config,
+    id: uuid::Uuid,
+) -> Result<Option<(String, String)>, Error> {
     if config.target.url.expose().is_empty() {
-        return Err(Error::Config("target.url: missing: set REKEY_TARGET_URL to resolve UUIDs".into()));
+        return Err(Error::Config(
+            "target.url: missing: set REKEY_TARGET_URL to resolve UUIDs".into(),
+        ));
     }
-    let c = slot::connect(config.target.url.expose(), "target").await.map_err(Error::target_db("connecting"))?;
+    let c = slot::connect(config.target.url.expose(), "target")
+        .await
+        .map_err(Error::target_db("connecting"))?;
     for t in config.tables.iter().filter(|t| t.id.is_some()) {
         let (s, n) = t.target_parts();
-        let sql = format!("SELECT legacy_id::text FROM {} WHERE id = $1::text::uuid", crate::config::quote_qualified(s, n));
-        let row = c.query_opt(&sql, &[&id.to_string()]).await.map_err(Error::target_db(format!("looking up {}", t.target_name())))?;
+        let sql = format!(
+            "SELECT legacy_id::text FROM {} WHERE id = $1::text::uuid",
+            crate::config::quote_qualified(s, n)
+        );
+        let row = c
+            .query_opt(&sql, &[&id.to_string()])
+            .await
+            .map_err(Error::target_db(format!("looking up {}", t.target_name())))?;
         if let Some(r) = row {
             return Ok(Some((t.target_name(), r.get(0))));
         }

@@ -39,7 +39,10 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
                 &[&schema, &name],
             )
             .await
-            .map_err(Error::target_db(format!("reading the columns of {}", t.target_name())))?;
+            .map_err(Error::target_db(format!(
+                "reading the columns of {}",
+                t.target_name()
+            )))?;
         if rows.is_empty() {
             return Err(Error::Setup(format!(
                 "target table {} does not exist: apply the new schema (e.g. deploy/promptstudio/target.sql) first",
@@ -62,7 +65,10 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
             .map(|r| r.get(0))
             .collect();
         if key.is_empty() {
-            return Err(Error::Setup(format!("target table {} has no primary key: add one", t.target_name())));
+            return Err(Error::Setup(format!(
+                "target table {} has no primary key: add one",
+                t.target_name()
+            )));
         }
         if !columns.contains_key("row_version") {
             return Err(Error::Setup(format!(
@@ -73,7 +79,12 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
         let soft_delete = columns.contains_key("deleted_at");
         catalog.insert(
             t.target_name(),
-            TargetTable { sql_name: quote_qualified(schema, name), columns, key, soft_delete },
+            TargetTable {
+                sql_name: quote_qualified(schema, name),
+                columns,
+                key,
+                soft_delete,
+            },
         );
     }
     Ok(catalog)

@@ -26,20 +26,60 @@ pub const ERRORS: &str = "rekey_errors_total";
 /// Registers descriptions so `/metrics` documents itself.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(READER_EVENTS_READ, "Row changes decoded from the replication stream, by table and op");
-    describe_counter!(READER_TRANSACTIONS, "Source transactions read from the replication stream");
-    describe_counter!(READER_MESSAGES_PUBLISHED, "Kafka messages acknowledged by the broker");
-    describe_counter!(READER_EVENTS_PUBLISHED, "Row changes acknowledged by the broker");
-    describe_gauge!(READER_CONFIRMED_LSN, "Last LSN confirmed to the slot (everything at or below is in Kafka)");
-    describe_gauge!(SOURCE_LAG_BYTES, Unit::Bytes, "Source WAL position minus the slot's confirmed position");
-    describe_gauge!(SOURCE_SLOT_RETAINED_WAL_BYTES, Unit::Bytes, "WAL the slot keeps on the source (current minus restart LSN)");
-    describe_counter!(WRITER_EVENTS_APPLIED, "Row changes applied to the target, by table and op");
-    describe_counter!(WRITER_TRANSACTIONS_APPLIED, "Source transactions applied to the target");
-    describe_counter!(WRITER_DUPLICATES_SKIPPED, "Source transactions skipped because the target already has them");
+    describe_counter!(
+        READER_EVENTS_READ,
+        "Row changes decoded from the replication stream, by table and op"
+    );
+    describe_counter!(
+        READER_TRANSACTIONS,
+        "Source transactions read from the replication stream"
+    );
+    describe_counter!(
+        READER_MESSAGES_PUBLISHED,
+        "Kafka messages acknowledged by the broker"
+    );
+    describe_counter!(
+        READER_EVENTS_PUBLISHED,
+        "Row changes acknowledged by the broker"
+    );
+    describe_gauge!(
+        READER_CONFIRMED_LSN,
+        "Last LSN confirmed to the slot (everything at or below is in Kafka)"
+    );
+    describe_gauge!(
+        SOURCE_LAG_BYTES,
+        Unit::Bytes,
+        "Source WAL position minus the slot's confirmed position"
+    );
+    describe_gauge!(
+        SOURCE_SLOT_RETAINED_WAL_BYTES,
+        Unit::Bytes,
+        "WAL the slot keeps on the source (current minus restart LSN)"
+    );
+    describe_counter!(
+        WRITER_EVENTS_APPLIED,
+        "Row changes applied to the target, by table and op"
+    );
+    describe_counter!(
+        WRITER_TRANSACTIONS_APPLIED,
+        "Source transactions applied to the target"
+    );
+    describe_counter!(
+        WRITER_DUPLICATES_SKIPPED,
+        "Source transactions skipped because the target already has them"
+    );
     describe_gauge!(WRITER_CONSISTENT_LSN, "Commit LSN of the last source transaction applied: the target is a consistent image of the source at this LSN");
-    describe_gauge!(WRITER_LAG_SECONDS, Unit::Seconds, "Now minus the commit time of the last applied source transaction (heartbeats included)");
+    describe_gauge!(
+        WRITER_LAG_SECONDS,
+        Unit::Seconds,
+        "Now minus the commit time of the last applied source transaction (heartbeats included)"
+    );
     describe_histogram!(WRITER_BATCH_CHANGES, "Row changes per target transaction");
-    describe_histogram!(WRITER_END_TO_END_LATENCY, Unit::Seconds, "Source commit to target commit, per source transaction");
+    describe_histogram!(
+        WRITER_END_TO_END_LATENCY,
+        Unit::Seconds,
+        "Source commit to target commit, per source transaction"
+    );
     describe_counter!(ERRORS, "Errors by component and kind");
 }
 
@@ -66,7 +106,9 @@ impl std::str::FromStr for LogFormat {
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -77,7 +119,9 @@ pub fn init_logging(format: LogFormat) {
 pub fn init_metrics(addr: &str) -> Result<(), Error> {
     let builder = metrics_exporter_prometheus::PrometheusBuilder::new().set_buckets_for_metric(
         metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-        &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ],
     );
     let builder = builder
         .and_then(|b| {
@@ -88,15 +132,20 @@ pub fn init_metrics(addr: &str) -> Result<(), Error> {
         })
         .map_err(|e| Error::Config(format!("telemetry: {e}")))?;
     if addr.is_empty() {
-        builder.install_recorder().map_err(|e| Error::Config(format!("telemetry: {e}")))?;
-    } else {
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|e| Error::Config(format!("telemetry.metrics_addr: {addr:?} is not host:port ({e})")))?;
         builder
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| Error::Config(format!("telemetry.metrics_addr: cannot serve on {addr}: {e}")))?;
+            .install_recorder()
+            .map_err(|e| Error::Config(format!("telemetry: {e}")))?;
+    } else {
+        let addr: SocketAddr = addr.parse().map_err(|e| {
+            Error::Config(format!(
+                "telemetry.metrics_addr: {addr:?} is not host:port ({e})"
+            ))
+        })?;
+        builder.with_http_listener(addr).install().map_err(|e| {
+            Error::Config(format!(
+                "telemetry.metrics_addr: cannot serve on {addr}: {e}"
+            ))
+        })?;
     }
     describe();
     Ok(())

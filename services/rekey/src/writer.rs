@@ -62,7 +62,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
             Err(e) => {
-                metrics::counter!(telemetry::ERRORS, "component" => "writer", "kind" => "fatal").increment(1);
+                metrics::counter!(telemetry::ERRORS, "component" => "writer", "kind" => "fatal")
+                    .increment(1);
                 return Err(e);
             }
         }
@@ -114,8 +115,11 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         Some(cp) => Offset::Offset(cp.next_offset),
         None => Offset::Beginning,
     };
-    tpl.add_partition_offset(topic, publish::PARTITION, offset).map_err(Error::kafka("assigning the partition"))?;
-    consumer.assign(&tpl).map_err(Error::kafka("assigning the partition"))?;
+    tpl.add_partition_offset(topic, publish::PARTITION, offset)
+        .map_err(Error::kafka("assigning the partition"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(Error::kafka("assigning the partition"))?;
     let position = saved.unwrap_or_default();
     tracing::info!(topic = %topic, next_offset = position.next_offset, consistent_lsn = %lsn_text(position.commit_lsn), "applying");
     metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(position.commit_lsn as f64);
@@ -148,7 +152,8 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
             }
         };
         s.process(&consumer, &msg).await?;
-        while s.changes_in_batch < config.target.batch_max_changes as u64 && !cancel.is_cancelled() {
+        while s.changes_in_batch < config.target.batch_max_changes as u64 && !cancel.is_cancelled()
+        {
             match tokio::time::timeout(linger, consumer.recv()).await {
                 Ok(m) => {
                     let m = m.map_err(Error::kafka("consuming"))?;
@@ -171,7 +176,10 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
 impl Session<'_> {
     async fn begin(&mut self) -> Result<(), Error> {
         if !self.open {
-            self.client.batch_execute("BEGIN").await.map_err(Error::target_db("beginning a transaction"))?;
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(Error::target_db("beginning a transaction"))?;
             self.open = true;
         }
         Ok(())
@@ -183,21 +191,33 @@ impl Session<'_> {
         }
         let topic = &self.config.kafka.topic;
         checkpoint::save(&self.client, topic, publish::PARTITION, &self.position).await?;
-        self.client.batch_execute("COMMIT").await.map_err(Error::target_db("committing"))?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(Error::target_db("committing"))?;
         self.open = false;
         let now = now_micros();
         for commit_time in self.txns_in_batch.drain(..) {
-            metrics::histogram!(telemetry::WRITER_END_TO_END_LATENCY).record((now - commit_time).max(0) as f64 / 1e6);
+            metrics::histogram!(telemetry::WRITER_END_TO_END_LATENCY)
+                .record((now - commit_time).max(0) as f64 / 1e6);
         }
         metrics::histogram!(telemetry::WRITER_BATCH_CHANGES).record(self.changes_in_batch as f64);
         self.changes_in_batch = 0;
         metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(self.position.commit_lsn as f64);
         if self.position.commit_time_micros > 0 {
-            metrics::gauge!(telemetry::WRITER_LAG_SECONDS).set((now - self.position.commit_time_micros).max(0) as f64 / 1e6);
+            metrics::gauge!(telemetry::WRITER_LAG_SECONDS)
+                .set((now - self.position.commit_time_micros).max(0) as f64 / 1e6);
         }
         // Informational only (consumer-lag tooling); the checkpoint above is the truth.
         let mut tpl = TopicPartitionList::new();
-        if tpl.add_partition_offset(topic, publish::PARTITION, Offset::Offset(self.position.next_offset)).is_ok() {
+        if tpl
+            .add_partition_offset(
+                topic,
+                publish::PARTITION,
+                Offset::Offset(self.position.next_offset),
+            )
+            .is_ok()
+        {
             let _ = consumer.commit(&tpl, CommitMode::Async);
         }
         Ok(())
@@ -205,13 +225,20 @@ impl Session<'_> {
 
     async fn rollback(&mut self) -> Result<(), Error> {
         if self.open {
-            self.client.batch_execute("ROLLBACK").await.map_err(Error::target_db("rolling back"))?;
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(Error::target_db("rolling back"))?;
             self.open = false;
         }
         Ok(())
     }
 
-    async fn process(&mut self, consumer: &StreamConsumer, msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), Error> {
+    async fn process(
+        &mut self,
+        consumer: &StreamConsumer,
+        msg: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<(), Error> {
         let offset = msg.offset();
         let poison = |reason: String| Error::Poison {
             topic: msg.topic().to_string(),
@@ -229,7 +256,9 @@ impl Session<'_> {
             )));
         }
         for txn in &batch.transactions {
-            let pos = txn.position.ok_or_else(|| poison("transaction without a source position".into()))?;
+            let pos = txn
+                .position
+                .ok_or_else(|| poison("transaction without a source position".into()))?;
             if pos.commit_lsn <= self.position.commit_lsn {
                 if txn.last {
                     metrics::counter!(telemetry::WRITER_DUPLICATES_SKIPPED).increment(1);
@@ -254,13 +283,20 @@ impl Session<'_> {
                     self.position.next_offset = offset;
                     self.commit(consumer).await?;
                 }
-                self.large = Some(Large { commit_lsn: pos.commit_lsn, next_seq: 0 });
+                self.large = Some(Large {
+                    commit_lsn: pos.commit_lsn,
+                    next_seq: 0,
+                });
             }
             self.begin().await?;
-            let applied = self.applier.apply(&self.client, txn).await.map_err(|e| match e {
-                Error::Invariant(reason) | Error::Setup(reason) => poison(reason),
-                other => other,
-            })?;
+            let applied = self
+                .applier
+                .apply(&self.client, txn)
+                .await
+                .map_err(|e| match e {
+                    Error::Invariant(reason) | Error::Setup(reason) => poison(reason),
+                    other => other,
+                })?;
             self.changes_in_batch += applied;
             if txn.last {
                 self.large = None;
@@ -280,11 +316,13 @@ impl Session<'_> {
 }
 
 fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// `X/Y` form of an LSN.
 pub fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
-

@@ -52,12 +52,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     match runtime.block_on(run(args.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rekeyctl: error: {}", e.one_line());
-            ExitCode::from(if matches!(e, Error::Config(_) | Error::Setup(_)) { 2 } else { 1 })
+            ExitCode::from(if matches!(e, Error::Config(_) | Error::Setup(_)) {
+                2
+            } else {
+                1
+            })
         }
     }
 }
@@ -77,14 +84,22 @@ async fn run(command: Command, config: Config) -> Result<(), Error> {
             if let Ok(id) = what.parse::<uuid::Uuid>() {
                 match rekey::status::resolve_uuid(&config, id).await? {
                     Some((table, legacy)) => println!("{table} {legacy}"),
-                    None => return Err(Error::Setup(format!("{id} is not the id of any row in the target's [[tables]]"))),
+                    None => {
+                        return Err(Error::Setup(format!(
+                            "{id} is not the id of any row in the target's [[tables]]"
+                        )))
+                    }
                 }
             } else {
                 let Some(key) = key else {
-                    return Err(Error::Config("resolve: give `<entity> <legacy key>` or a UUID".into()));
+                    return Err(Error::Config(
+                        "resolve: give `<entity> <legacy key>` or a UUID".into(),
+                    ));
                 };
                 if config.rekey.secret.expose().is_empty() {
-                    return Err(Error::Config("rekey.secret: missing: set REKEY_ID_SECRET".into()));
+                    return Err(Error::Config(
+                        "rekey.secret: missing: set REKEY_ID_SECRET".into(),
+                    ));
                 }
                 println!("{}", config.rekeyer().uuid(&what, &key));
             }

@@ -8,7 +8,11 @@ use rekey::config::Role;
 use rekey::telemetry::LogFormat;
 
 #[derive(Parser, Debug)]
-#[command(name = "rekey-writer", version, about = "rekey writer: Kafka -> new PostgreSQL, exactly-once in effect")]
+#[command(
+    name = "rekey-writer",
+    version,
+    about = "rekey writer: Kafka -> new PostgreSQL, exactly-once in effect"
+)]
 struct Args {
     /// The rekey TOML config (REKEY_* environment variables override it).
     #[arg(long, env = "REKEY_CONFIG")]
@@ -20,6 +24,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let flags = rekey::service::Flags { config: args.config, log_format: args.log_format };
+    let flags = rekey::service::Flags {
+        config: args.config,
+        log_format: args.log_format,
+    };
     rekey::service::main("rekey-writer", Role::Writer, flags, rekey::writer::run)
 }

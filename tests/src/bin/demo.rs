@@ -21,14 +21,20 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { duration: Duration::from_secs(30), rate: 200.0 };
+    let mut args = Args {
+        duration: Duration::from_secs(30),
+        rate: 200.0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--duration" => {
                 let v = value("--duration")?;
-                args.duration = Duration::from_secs(v.parse().map_err(|_| format!("--duration {v}: not a number of seconds"))?);
+                args.duration = Duration::from_secs(
+                    v.parse()
+                        .map_err(|_| format!("--duration {v}: not a number of seconds"))?,
+                );
             }
             "--rate" => {
                 let v = value("--rate")?;
@@ -59,10 +65,20 @@ async fn main() -> ExitCode {
     println!("  legacy  {}", p.legacy.url(rekey_tests::pipeline::DB));
     println!("  new     {}", p.target.url(rekey_tests::pipeline::DB));
     println!("  broker  {}", p.broker.bootstrap());
-    println!("  config  {} (deploy/promptstudio/rekey.toml)", p.config_path.display());
-    println!("starting rekey-reader (metrics :{}) and rekey-writer (metrics :{})…", p.reader_metrics, p.writer_metrics);
+    println!(
+        "  config  {} (deploy/promptstudio/rekey.toml)",
+        p.config_path.display()
+    );
+    println!(
+        "starting rekey-reader (metrics :{}) and rekey-writer (metrics :{})…",
+        p.reader_metrics, p.writer_metrics
+    );
     p.start().await;
-    println!("streaming. Live workload: {:.0} txn/s for {}s on the legacy database.\n", args.rate, args.duration.as_secs());
+    println!(
+        "streaming. Live workload: {:.0} txn/s for {}s on the legacy database.\n",
+        args.rate,
+        args.duration.as_secs()
+    );
 
     let mut legacy = p.legacy_client().await;
     let workload = tokio::spawn({
@@ -70,12 +86,19 @@ async fn main() -> ExitCode {
         let rate = args.rate;
         async move {
             let mut w = rekey_workload::Workload::new(42);
-            let opts = rekey_workload::RunOptions { txns: None, duration: Some(duration), rate_per_sec: Some(rate) };
+            let opts = rekey_workload::RunOptions {
+                txns: None,
+                duration: Some(duration),
+                rate_per_sec: Some(rate),
+            };
             w.run(&mut legacy, opts).await
         }
     });
 
-    println!("{:>6}  {:>10}  {:>10}  {:>10}  {:>12}  {:>8}", "time", "read", "published", "applied", "lag (bytes)", "lag (s)");
+    println!(
+        "{:>6}  {:>10}  {:>10}  {:>10}  {:>12}  {:>8}",
+        "time", "read", "published", "applied", "lag (bytes)", "lag (s)"
+    );
     let started = Instant::now();
     let monitor = p.legacy_client().await;
     let target = p.target_client().await;
@@ -130,16 +153,26 @@ async fn main() -> ExitCode {
 
     println!("comparing the new store with the legacy one (keys translated, every column)…");
     let config = {
-        let mut c = rekey::config::Config::parse(rekey_tests::pipeline::promptstudio_config()).expect("config");
+        let mut c = rekey::config::Config::parse(rekey_tests::pipeline::promptstudio_config())
+            .expect("config");
         c.rekey.secret = rekey::config::Secret::new(SECRET);
         c
     };
     let legacy = p.legacy_client().await;
     let diffs = compare(&legacy, &target, &config, SECRET).await;
-    println!("{:<28} {:>8} {:>8} {:>9}  result", "table", "legacy", "new", "deleted");
+    println!(
+        "{:<28} {:>8} {:>8} {:>9}  result",
+        "table", "legacy", "new", "deleted"
+    );
     for (table, (l, t, d)) in summary(&diffs) {
-        let ok = diffs.iter().find(|x| x.table == table).is_some_and(|x| x.is_equal());
-        println!("{table:<28} {l:>8} {t:>8} {d:>9}  {}", if ok { "match" } else { "DIFFERENT" });
+        let ok = diffs
+            .iter()
+            .find(|x| x.table == table)
+            .is_some_and(|x| x.is_equal());
+        println!(
+            "{table:<28} {l:>8} {t:>8} {d:>9}  {}",
+            if ok { "match" } else { "DIFFERENT" }
+        );
     }
     let equal = diffs.iter().all(|d| d.is_equal());
 
