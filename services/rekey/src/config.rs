@@ -34,6 +34,11 @@ pub const DEFAULT_BATCH_MAX_CHANGES: usize = 5_000;
 /// How long the writer waits for more messages before committing what it has.
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 20;
 
+/// Rows per backfill chunk.
+pub const DEFAULT_BACKFILL_CHUNK_ROWS: usize = 5_000;
+/// Backfill chunks read ahead of the stream.
+pub const DEFAULT_BACKFILL_PARALLELISM: usize = 2;
+
 /// An environment override: variable name and the field it sets, for the docs and errors.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("REKEY_SOURCE_URL", "source.url"),
@@ -80,6 +85,8 @@ pub struct Config {
     pub rekey: RekeyConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub backfill: BackfillConfig,
     /// The migrated tables, parents before children.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
@@ -148,6 +155,33 @@ pub struct TelemetryConfig {
     pub metrics_addr: String,
 }
 
+/// Copying the rows that existed before streaming began (see [`crate::backfill`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// Copy pre-existing rows (needs `target.url` in the reader to resume).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Rows per chunk: one short SELECT each on the legacy database.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: usize,
+    /// Chunks read ahead of the replication stream (memory: about this many chunks).
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+    /// Pause between chunks, to spare a busy legacy database.
+    #[serde(default)]
+    pub pause_ms: u64,
+    /// Testing aid: hold each chunk's watermark window open this long after its SELECT.
+    #[serde(default)]
+    pub window_delay_ms: u64,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
 /// How one legacy table maps to the new schema.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,6 +216,15 @@ pub struct DeriveConfig {
     pub entity: String,
 }
 
+fn default_true() -> bool {
+    true
+}
+fn default_chunk_rows() -> usize {
+    DEFAULT_BACKFILL_CHUNK_ROWS
+}
+fn default_parallelism() -> usize {
+    DEFAULT_BACKFILL_PARALLELISM
+}
 fn default_slot() -> String {
     DEFAULT_SLOT.into()
 }
@@ -336,6 +379,15 @@ impl Config {
                 "must be at least 1 change / 1024 bytes",
             );
         }
+        if needs_source && self.backfill.enabled && self.target.url.0.is_empty() {
+            return bad(
+                "target.url",
+                "missing: the reader resumes backfill from the target; set REKEY_TARGET_URL (or backfill.enabled = false)",
+            );
+        }
+        if self.backfill.chunk_rows == 0 || self.backfill.parallelism == 0 {
+            return bad("backfill.chunk_rows/parallelism", "must be at least 1");
+        }
         if self.target.batch_max_changes == 0 {
             return bad("target.batch_max_changes", "must be at least 1");
         }
@@ -453,6 +505,9 @@ mod tests {
             "{err}"
         );
         c.apply_env(|k| (k == "REKEY_ID_SECRET").then(|| "0123456789abcdef0123".to_string()));
+        let err = c.validate(Role::Reader).unwrap_err().to_string();
+        assert!(err.contains("REKEY_TARGET_URL"), "backfill resumes from the target: {err}");
+        c.apply_env(|k| (k == "REKEY_TARGET_URL").then(|| "postgres://x/z".to_string()));
         c.validate(Role::Reader).unwrap();
         assert_eq!(c.source.url.expose(), "postgres://x/y");
     }

@@ -14,14 +14,17 @@
 //! - [`mapping`]: turns a legacy row into the target row image (keys and foreign keys rekeyed).
 //! - [`event`]: the protobuf types built from `proto/`.
 //! - [`publish`]: the Kafka producer side and broker/topic checks.
+//! - [`backfill`]: copies pre-existing rows in watermarked chunks beside the stream.
 //! - [`reader`]: the streaming loop that ties the above together.
 //! - [`target`]: the target catalog (columns, keys, soft delete).
 //! - [`apply`]: idempotent, order-guarded batched writes into the target.
 //! - [`checkpoint`]: the writer's position, kept in the target in the applying transaction.
 //! - [`writer`]: the consuming loop.
 //! - [`telemetry`]: logging set-up and all metric names.
+//! - [`verify`]: `rekeyctl verify`, the comparison of the legacy and the new store.
 
 pub mod apply;
+pub mod backfill;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
@@ -36,6 +39,7 @@ pub mod slot;
 pub mod status;
 pub mod target;
 pub mod telemetry;
+pub mod verify;
 pub mod writer;
 
 pub use error::Error;

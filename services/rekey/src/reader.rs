@@ -32,9 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::event::{self, Op, PG_EPOCH_OFFSET_MICROS};
+use crate::backfill::{self, ChunkMsg};
+use crate::event::{self, value::Kind, Op, PG_EPOCH_OFFSET_MICROS};
 use crate::mapping::{value_size, TableMap};
-use crate::pgoutput::{self, Message};
+use crate::pgoutput::{self, Message, Tuple};
 use crate::rekey::Rekeyer;
 use crate::{publish, slot, telemetry};
 
@@ -60,10 +61,15 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
     publish::ensure_topic(&config.kafka).await?;
     let producer = publish::producer(&config.kafka)?;
     let types = Arc::new(types);
+    let backfill_tables = if config.backfill.enabled {
+        backfill::tables(&config, &types)?
+    } else {
+        Vec::new()
+    };
 
     let mut backoff = RETRY_START;
     loop {
-        let result = stream(&config, &producer, &types, &cancel).await;
+        let result = stream(&config, &producer, &types, &backfill_tables, &cancel).await;
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
@@ -88,7 +94,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
 async fn stream(
     config: &Config,
     producer: &FutureProducer,
-    types: &Arc<slot::TypeNames>,
+    types: &Arc<slot::SourceCatalog>,
+    backfill_tables: &[Arc<backfill::BackfillTable>],
     cancel: &CancellationToken,
 ) -> Result<(), Error> {
     let pg: tokio_postgres::Config = config
@@ -139,6 +146,29 @@ async fn stream(
     let (failed_tx, mut failed_rx) = mpsc::channel::<Error>(1);
     let acker = tokio::spawn(acker(ack_rx, confirmed_tx, failed_tx));
 
+    // Backfill runs beside the stream for as long as this session lives; a new session
+    // resumes it from the progress the writer recorded.
+    let (chunk_tx, chunk_rx) = mpsc::channel::<ChunkMsg>(config.backfill.parallelism.max(1) * 2);
+    let mut backfill_task = if backfill_tables.is_empty() {
+        None
+    } else {
+        let source = slot::connect(config.source.url.expose(), "source")
+            .await
+            .map_err(Error::source_db("connecting to the source for backfill"))?;
+        let target = slot::connect(config.target.url.expose(), "target")
+            .await
+            .map_err(Error::target_db("connecting to the target to read backfill progress"))?;
+        let run_id = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        let task = backfill::run(config.clone(), backfill_tables.to_vec(), source, target, run_id, chunk_tx);
+        Some(tokio::spawn(task))
+    };
+
     let mut state = StreamState {
         rekeyer: config.rekeyer(),
         config,
@@ -147,6 +177,9 @@ async fn stream(
         open: None,
         producer,
         ack: ack_tx,
+        chunks: chunk_rx,
+        window: None,
+        pending_rows: HashMap::new(),
     };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(
         config.source.heartbeat_interval_secs.max(1),
@@ -159,6 +192,14 @@ async fn stream(
             biased;
             _ = cancel.cancelled() => break Ok(()),
             Some(e) = failed_rx.recv() => break Err(e),
+            result = async { backfill_task.as_mut().expect("guarded").await }, if backfill_task.is_some() => {
+                backfill_task = None;
+                match result {
+                    Ok(Ok(())) => tracing::info!("backfill finished"),
+                    Ok(Err(e)) => break Err(e),
+                    Err(e) => break Err(Error::Invariant(format!("backfill task failed: {e}"))),
+                }
+            }
             Ok(()) = confirmed_rx.changed() => {
                 let lsn = *confirmed_rx.borrow_and_update();
                 repl.update_applied_lsn(Lsn::from_u64(lsn));
@@ -187,6 +228,9 @@ async fn stream(
     };
 
     // Stop reading; let everything published be acknowledged and confirmed.
+    if let Some(task) = backfill_task.take() {
+        task.abort();
+    }
     let StreamState { ack, .. } = state;
     drop(ack);
     if outcome.is_ok() {
@@ -258,20 +302,44 @@ struct OpenTxn {
     ordinal: u32,
     heartbeat: bool,
     tables: Vec<event::Table>,
-    table_index: HashMap<u32, u32>,
+    table_index: HashMap<String, u32>,
     changes: Vec<event::Change>,
     bytes: usize,
+    /// Set when this is a backfill high-watermark transaction.
+    backfill: Option<event::BackfillProgress>,
+}
+
+/// A backfill chunk's watermark window: the keys of its table the stream changed
+/// between the low and the high watermark.
+struct Window {
+    chunk: String,
+    table: Arc<backfill::BackfillTable>,
+    changed: HashMap<String, Touched>,
+    truncated: bool,
+}
+
+/// What the stream did to a key inside a window.
+enum Touched {
+    /// The stream carries the row's full newer image, or its delete: drop the chunk's copy.
+    Superseded,
+    /// Only updates with unchanged TOAST values: keep the chunk's copy, overlaid with the
+    /// newer values these updates carry (`None` = not carried).
+    Overlay(Vec<Option<event::Value>>),
 }
 
 struct StreamState<'a> {
     config: &'a Config,
     rekeyer: Rekeyer,
-    types: Arc<slot::TypeNames>,
+    types: Arc<slot::SourceCatalog>,
     /// Relation oid → mapping (None: a relation outside the config).
     relations: HashMap<u32, Option<Arc<TableMap>>>,
     open: Option<OpenTxn>,
     producer: &'a FutureProducer,
     ack: mpsc::Sender<InFlight>,
+    chunks: mpsc::Receiver<ChunkMsg>,
+    window: Option<Window>,
+    /// Chunk rows received but whose high watermark has not been read yet.
+    pending_rows: HashMap<String, (Vec<Tuple>, Vec<String>, bool)>,
 }
 
 impl StreamState<'_> {
@@ -296,6 +364,7 @@ impl StreamState<'_> {
                     table_index: HashMap::new(),
                     changes: Vec::new(),
                     bytes: 0,
+                    backfill: None,
                 });
             }
             ReplicationEvent::XLogData { data, .. } => {
@@ -305,13 +374,10 @@ impl StreamState<'_> {
             ReplicationEvent::Message {
                 transactional,
                 prefix,
+                content,
                 ..
             } => {
-                if transactional && prefix == slot::HEARTBEAT_PREFIX {
-                    if let Some(open) = &mut self.open {
-                        open.heartbeat = true;
-                    }
-                }
+                self.on_message(transactional, &prefix, &content).await?;
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 let Some(mut open) = self.open.take() else {
@@ -346,10 +412,7 @@ impl StreamState<'_> {
                         let source = table.source_name();
                         let types = &self.types;
                         let map = TableMap::new(&rel, table, |col| {
-                            types
-                                .get(&(source.clone(), col.to_string()))
-                                .cloned()
-                                .unwrap_or_else(|| "text".into())
+                            types.type_of(&source, col).unwrap_or("text").to_string()
                         })?;
                         Some(Arc::new(map))
                     }
@@ -365,7 +428,8 @@ impl StreamState<'_> {
                     return Ok(());
                 };
                 let img = map.image(&self.rekeyer, &new)?;
-                self.push(relation, &map, Op::Insert, img, None).await?;
+                self.touch(&map, &img.legacy_key, None);
+                self.push(&map, Op::Insert, img, None).await?;
             }
             Message::Update {
                 relation,
@@ -380,11 +444,17 @@ impl StreamState<'_> {
                 let old_key = match key.as_ref().or(old.as_ref()) {
                     Some(old) => {
                         let old_img = map.key_image(&self.rekeyer, old)?;
-                        (old_img.legacy_key != img.legacy_key).then_some(old_img.values)
+                        if old_img.legacy_key != img.legacy_key {
+                            self.touch(&map, &old_img.legacy_key, None);
+                            Some(old_img.values)
+                        } else {
+                            None
+                        }
                     }
                     None => None,
                 };
-                self.push(relation, &map, Op::Update, img, old_key).await?;
+                self.touch(&map, &img.legacy_key, Some(&img.values));
+                self.push(&map, Op::Update, img, old_key).await?;
             }
             Message::Delete { relation, key, old } => {
                 let Some(map) = self.mapping(relation)? else {
@@ -397,7 +467,8 @@ impl StreamState<'_> {
                     )));
                 };
                 let img = map.key_image(&self.rekeyer, old)?;
-                self.push(relation, &map, Op::Delete, img, None).await?;
+                self.touch(&map, &img.legacy_key, None);
+                self.push(&map, Op::Delete, img, None).await?;
             }
             Message::Truncate { relations, .. } => {
                 for relation in relations {
@@ -409,7 +480,12 @@ impl StreamState<'_> {
                         legacy_key: String::new(),
                         values: Vec::new(),
                     };
-                    self.push(relation, &map, Op::Truncate, img, None).await?;
+                    if let Some(w) = &mut self.window {
+                        if w.table.map.source_table == map.source_table {
+                            w.truncated = true;
+                        }
+                    }
+                    self.push(&map, Op::Truncate, img, None).await?;
                 }
             }
             Message::Begin { .. } | Message::Commit { .. } => {
@@ -420,13 +496,10 @@ impl StreamState<'_> {
             Message::Message {
                 transactional,
                 prefix,
+                content,
                 ..
             } => {
-                if transactional && prefix == slot::HEARTBEAT_PREFIX {
-                    if let Some(open) = &mut self.open {
-                        open.heartbeat = true;
-                    }
-                }
+                self.on_message(transactional, &prefix, &content).await?;
             }
             Message::Type { .. } | Message::Origin { .. } => {}
         }
@@ -442,10 +515,144 @@ impl StreamState<'_> {
         }
     }
 
+    /// Handles a transactional logical message: heartbeats and backfill watermarks.
+    async fn on_message(&mut self, transactional: bool, prefix: &str, content: &[u8]) -> Result<(), Error> {
+        if !transactional {
+            return Ok(());
+        }
+        let chunk = || String::from_utf8_lossy(content).into_owned();
+        match prefix {
+            slot::HEARTBEAT_PREFIX => {
+                if let Some(open) = &mut self.open {
+                    open.heartbeat = true;
+                }
+            }
+            backfill::LOW_WATERMARK => {
+                let chunk = chunk();
+                self.window = None;
+                while let Ok(msg) = self.chunks.try_recv() {
+                    match msg {
+                        ChunkMsg::Open { chunk: c, table } if c == chunk => {
+                            self.window = Some(Window { chunk, table, changed: HashMap::new(), truncated: false });
+                            break;
+                        }
+                        ChunkMsg::Rows { chunk: c, rows, last_key, done } => {
+                            self.pending_rows.insert(c, (rows, last_key, done));
+                        }
+                        ChunkMsg::Open { .. } => {}
+                    }
+                }
+                // A watermark of an earlier session (re-streamed after a restart) finds
+                // no chunk: that chunk is copied again by this session's backfill.
+            }
+            backfill::HIGH_WATERMARK => {
+                let chunk = chunk();
+                let Some(window) = self.window.take_if(|w| w.chunk == chunk) else {
+                    return Ok(());
+                };
+                let mut found = self.pending_rows.remove(&chunk);
+                while found.is_none() {
+                    match self.chunks.try_recv() {
+                        Ok(ChunkMsg::Rows { chunk: c, rows, last_key, done }) if c == chunk => {
+                            found = Some((rows, last_key, done))
+                        }
+                        Ok(ChunkMsg::Rows { chunk: c, rows, last_key, done }) => {
+                            self.pending_rows.insert(c, (rows, last_key, done));
+                        }
+                        Ok(ChunkMsg::Open { .. }) => {}
+                        Err(_) => break,
+                    }
+                }
+                let Some((rows, last_key, done)) = found else {
+                    return Err(Error::Invariant(format!("backfill chunk {chunk}: rows missing at its high watermark")));
+                };
+                self.emit_chunk(window, rows, last_key, done).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Publishes the chunk rows the stream did not supersede, inside the high
+    /// watermark's transaction (so at its position), with the chunk's progress.
+    async fn emit_chunk(&mut self, window: Window, rows: Vec<Tuple>, last_key: Vec<String>, done: bool) -> Result<(), Error> {
+        let table = window.table.clone();
+        let map = &table.map;
+        let (mut copied, mut superseded) = (0u64, 0u64);
+        for tuple in rows {
+            let mut img = map.image(&self.rekeyer, &tuple)?;
+            match window.changed.get(&img.legacy_key) {
+                _ if window.truncated => {
+                    superseded += 1;
+                    continue;
+                }
+                Some(Touched::Superseded) => {
+                    superseded += 1;
+                    continue;
+                }
+                Some(Touched::Overlay(newer)) => {
+                    for (v, n) in img.values.iter_mut().zip(newer) {
+                        if let Some(n) = n {
+                            *v = n.clone();
+                        }
+                    }
+                }
+                None => {}
+            }
+            self.push(map, Op::Backfill, img, None).await?;
+            copied += 1;
+        }
+        let labels = [("table", map.target_table.clone())];
+        metrics::counter!(telemetry::BACKFILL_ROWS, &labels).increment(copied);
+        metrics::counter!(telemetry::BACKFILL_ROWS_SUPERSEDED, &labels).increment(superseded);
+        metrics::counter!(telemetry::BACKFILL_CHUNKS, &labels).increment(1);
+        if done {
+            metrics::gauge!(telemetry::BACKFILL_TABLE_DONE, &labels).set(1.0);
+        }
+        let open = self.open.as_mut().ok_or_else(|| Error::Invariant("backfill watermark outside a transaction".into()))?;
+        open.backfill = Some(event::BackfillProgress {
+            source_table: map.source_table.clone(),
+            target_table: map.target_table.clone(),
+            last_key,
+            rows: copied,
+            superseded,
+            done,
+        });
+        Ok(())
+    }
+
+    /// Records what the stream did to `key` while a backfill window on its table is
+    /// open. `update` is the new image of an update (None for inserts and deletes).
+    fn touch(&mut self, map: &TableMap, key: &str, update: Option<&[event::Value]>) {
+        let Some(w) = &mut self.window else { return };
+        if w.table.map.source_table != map.source_table {
+            return;
+        }
+        let partial = update.filter(|v| v.iter().any(|x| matches!(x.kind, Some(Kind::Unchanged(_)))));
+        let carried = |v: &[event::Value]| -> Vec<Option<event::Value>> {
+            v.iter().map(|x| (!matches!(x.kind, Some(Kind::Unchanged(_)))).then(|| x.clone())).collect()
+        };
+        match (w.changed.get_mut(key), partial) {
+            (Some(Touched::Superseded), _) => {}
+            (Some(Touched::Overlay(overlay)), Some(values)) => {
+                for (o, n) in overlay.iter_mut().zip(carried(values)) {
+                    if n.is_some() {
+                        *o = n;
+                    }
+                }
+            }
+            (None, Some(values)) => {
+                w.changed.insert(key.to_string(), Touched::Overlay(carried(values)));
+            }
+            (_, None) => {
+                w.changed.insert(key.to_string(), Touched::Superseded);
+            }
+        }
+    }
+
     async fn push(
         &mut self,
-        relation: u32,
-        map: &Arc<TableMap>,
+        map: &TableMap,
         op: Op,
         img: crate::mapping::Image,
         old_key: Option<Vec<event::Value>>,
@@ -455,12 +662,12 @@ impl StreamState<'_> {
             .as_mut()
             .ok_or_else(|| Error::Invariant("row change outside a transaction".into()))?;
         metrics::counter!(telemetry::READER_EVENTS_READ, "table" => map.target_table.clone(), "op" => op_label(op)).increment(1);
-        let table = match open.table_index.get(&relation) {
+        let table = match open.table_index.get(&map.target_table) {
             Some(&i) => i,
             None => {
                 open.tables.push(map.descriptor());
                 let i = (open.tables.len() - 1) as u32;
-                open.table_index.insert(relation, i);
+                open.table_index.insert(map.target_table.clone(), i);
                 i
             }
         };
@@ -504,6 +711,7 @@ impl StreamState<'_> {
                 heartbeat: open.heartbeat,
                 tables: std::mem::take(&mut open.tables),
                 changes,
+                backfill: if last { open.backfill.take() } else { None },
             }],
         };
         open.table_index.clear();
@@ -550,6 +758,7 @@ pub fn op_label(op: Op) -> &'static str {
         Op::Update => "update",
         Op::Delete => "delete",
         Op::Truncate => "truncate",
+        Op::Backfill => "backfill",
         Op::Unspecified => "unspecified",
     }
 }

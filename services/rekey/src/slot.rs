@@ -28,11 +28,28 @@ pub async fn connect(url: &str, what: &'static str) -> Result<Client, tokio_post
     Ok(client)
 }
 
-/// Legacy column type names, by (schema.table, column).
-pub type TypeNames = HashMap<(String, String), String>;
+/// A legacy column as the stream sends it (attnum order, no dropped or generated columns).
+#[derive(Debug, Clone)]
+pub struct SourceColumn {
+    pub name: String,
+    pub type_name: String,
+    pub is_key: bool,
+}
 
-/// Checks the source and returns the legacy column types of the configured tables.
-pub async fn check_source(client: &Client, config: &Config) -> Result<TypeNames, Error> {
+/// The configured legacy tables' columns, by `schema.table`.
+#[derive(Debug, Clone, Default)]
+pub struct SourceCatalog {
+    pub tables: HashMap<String, Vec<SourceColumn>>,
+}
+
+impl SourceCatalog {
+    pub fn type_of(&self, table: &str, column: &str) -> Option<&str> {
+        self.tables.get(table)?.iter().find(|c| c.name == column).map(|c| c.type_name.as_str())
+    }
+}
+
+/// Checks the source and returns the legacy columns of the configured tables.
+pub async fn check_source(client: &Client, config: &Config) -> Result<SourceCatalog, Error> {
     let wal_level: String = client
         .query_one("SHOW wal_level", &[])
         .await
@@ -43,7 +60,7 @@ pub async fn check_source(client: &Client, config: &Config) -> Result<TypeNames,
             "source database has wal_level = {wal_level}: set wal_level = logical in postgresql.conf and restart PostgreSQL"
         )));
     }
-    let mut types = TypeNames::new();
+    let mut catalog = SourceCatalog::default();
     for t in &config.tables {
         let (schema, name) = t.source_parts();
         let rows = client
@@ -54,6 +71,7 @@ pub async fn check_source(client: &Client, config: &Config) -> Result<TypeNames,
                    FROM pg_class c
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                                      AND a.attgenerated = ''
                    LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
                   WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
                   ORDER BY a.attnum",
@@ -117,11 +135,13 @@ pub async fn check_source(client: &Client, config: &Config) -> Result<TypeNames,
                 )));
             }
         }
-        for (col, (ty, _)) in columns {
-            types.insert((t.source_name(), col), ty);
-        }
+        let ordered = rows
+            .iter()
+            .map(|r| SourceColumn { name: r.get(0), type_name: r.get(1), is_key: r.get(2) })
+            .collect();
+        catalog.tables.insert(t.source_name(), ordered);
     }
-    Ok(types)
+    Ok(catalog)
 }
 
 /// Creates the publication over the configured tables, or adds the ones it lacks.

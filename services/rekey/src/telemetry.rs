@@ -22,6 +22,16 @@ pub const WRITER_LAG_SECONDS: &str = "rekey_writer_lag_seconds";
 pub const WRITER_BATCH_CHANGES: &str = "rekey_writer_batch_changes";
 pub const WRITER_END_TO_END_LATENCY: &str = "rekey_writer_end_to_end_latency_seconds";
 pub const ERRORS: &str = "rekey_errors_total";
+pub const WRITER_DEAD_LETTERS: &str = "rekey_writer_dead_letters_total";
+pub const WRITER_CONSUMER_LAG_MESSAGES: &str = "rekey_writer_consumer_lag_messages";
+pub const BACKFILL_ROWS: &str = "rekey_backfill_rows_total";
+pub const BACKFILL_ROWS_ESTIMATED: &str = "rekey_backfill_rows_estimated";
+pub const BACKFILL_ROWS_SUPERSEDED: &str = "rekey_backfill_rows_superseded_total";
+pub const BACKFILL_CHUNKS: &str = "rekey_backfill_chunks_total";
+pub const BACKFILL_TABLE_DONE: &str = "rekey_backfill_table_done";
+pub const CUTOVER_PHASE: &str = "rekey_cutover_phase";
+pub const CUTOVER_LEGACY_WRITES_AFTER_CUTOVER: &str = "rekey_cutover_legacy_writes_after_cutover_total";
+pub const UP: &str = "rekey_up";
 
 /// Registers descriptions so `/metrics` documents itself.
 fn describe() {
@@ -81,6 +91,16 @@ fn describe() {
         "Source commit to target commit, per source transaction"
     );
     describe_counter!(ERRORS, "Errors by component and kind");
+    describe_counter!(WRITER_DEAD_LETTERS, "Events the writer could not apply, by kind (the writer stops on them)");
+    describe_gauge!(WRITER_CONSUMER_LAG_MESSAGES, "Messages in the topic not yet applied (high watermark minus next offset)");
+    describe_counter!(BACKFILL_ROWS, "Pre-existing rows copied by backfill, by table");
+    describe_gauge!(BACKFILL_ROWS_ESTIMATED, "Estimated rows to backfill, by table (pg_class.reltuples at start)");
+    describe_counter!(BACKFILL_ROWS_SUPERSEDED, "Backfill rows dropped because the stream changed them during their chunk's window");
+    describe_counter!(BACKFILL_CHUNKS, "Backfill chunks copied, by table");
+    describe_gauge!(BACKFILL_TABLE_DONE, "1 when the table's backfill is complete, by table");
+    describe_gauge!(CUTOVER_PHASE, "1 for the current phase label (replicate, cutover, cutover_ready, reverse)");
+    describe_counter!(CUTOVER_LEGACY_WRITES_AFTER_CUTOVER, "Legacy transactions that arrived after the cutover point (an alarm)");
+    describe_gauge!(UP, "1 while the service runs, by component");
 }
 
 /// Log output format.

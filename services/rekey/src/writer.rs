@@ -87,6 +87,42 @@ struct Session<'a> {
     changes_in_batch: u64,
     txns_in_batch: Vec<i64>,
     large: Option<Large>,
+    /// Whether foreign keys are checked: not while backfill runs (see [`fk_mode`]).
+    fk_enforced: bool,
+    /// A table's backfill completed in the open transaction: re-check the FK mode.
+    backfill_table_done: bool,
+}
+
+/// Foreign keys during backfill.
+///
+/// While backfill runs, the stream carries changes of rows whose parents are not copied
+/// yet (a new execution of a template whose chunk has not been read). Like PostgreSQL's
+/// own logical replication apply workers, the writer then applies with
+/// `session_replication_role = replica`, which skips foreign-key triggers; once every
+/// table's backfill is recorded as done, all parents exist and it switches back to
+/// `origin`, so foreign keys are enforced (deferred, at each commit) from then on.
+/// `rekeyctl verify` checks the foreign keys of the rows written meanwhile.
+async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
+    let complete = !config.backfill.enabled || {
+        let tables: Vec<String> = config.tables.iter().map(|t| t.target_name()).collect();
+        let done: i64 = client
+            .query_one("SELECT count(*) FROM rekey.backfill WHERE done AND target_table = ANY($1)", &[&tables])
+            .await
+            .map_err(Error::target_db("reading backfill progress"))?
+            .get(0);
+        done as usize == tables.len()
+    };
+    let role = if complete { "origin" } else { "replica" };
+    client.batch_execute(&format!("SET session_replication_role = {role}")).await.map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            Error::Setup(
+                "the writer must skip foreign-key checks while backfill runs: GRANT SET ON PARAMETER session_replication_role TO <the writer's user> (PostgreSQL 15+), or set backfill.enabled = false".into(),
+            )
+        } else {
+            Error::target_db("setting session_replication_role")(e)
+        }
+    })?;
+    Ok(complete)
 }
 
 async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Error> {
@@ -99,8 +135,16 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         .map_err(Error::target_db("configuring the session"))?;
     let catalog = target::load(&client, config).await?;
     checkpoint::ensure_schema(&client).await?;
+    client
+        .batch_execute(crate::backfill::SCHEMA_SQL)
+        .await
+        .map_err(Error::target_db("creating the rekey.backfill table"))?;
     let topic = &config.kafka.topic;
     let saved = checkpoint::load(&client, topic, publish::PARTITION).await?;
+    let fk_enforced = fk_mode(&client, config).await?;
+    if !fk_enforced {
+        tracing::info!("backfill in progress: foreign keys are checked once it completes");
+    }
 
     let mut cc = publish::client_config(&config.kafka);
     cc.set("group.id", &config.kafka.group_id)
@@ -133,6 +177,8 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         changes_in_batch: 0,
         txns_in_batch: Vec::new(),
         large: None,
+        fk_enforced,
+        backfill_table_done: false,
     };
     let linger = Duration::from_millis(config.target.batch_linger_ms);
     loop {
@@ -196,6 +242,12 @@ impl Session<'_> {
             .await
             .map_err(Error::target_db("committing"))?;
         self.open = false;
+        if std::mem::take(&mut self.backfill_table_done) && !self.fk_enforced {
+            self.fk_enforced = fk_mode(&self.client, self.config).await?;
+            if self.fk_enforced {
+                tracing::info!("backfill complete: foreign keys are enforced from now on");
+            }
+        }
         let now = now_micros();
         for commit_time in self.txns_in_batch.drain(..) {
             metrics::histogram!(telemetry::WRITER_END_TO_END_LATENCY)
@@ -230,6 +282,7 @@ impl Session<'_> {
                 .await
                 .map_err(Error::target_db("rolling back"))?;
             self.open = false;
+            self.backfill_table_done = false;
         }
         Ok(())
     }
@@ -299,6 +352,10 @@ impl Session<'_> {
                 })?;
             self.changes_in_batch += applied;
             if txn.last {
+                if let Some(progress) = &txn.backfill {
+                    crate::backfill::save_progress(&self.client, progress).await?;
+                    self.backfill_table_done |= progress.done;
+                }
                 self.large = None;
                 self.position.commit_lsn = pos.commit_lsn;
                 self.position.end_lsn = pos.end_lsn;
