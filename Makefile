@@ -13,6 +13,8 @@ TANSU_FEATURES := libsql,dynostore,postgres
 NEXTEST_PROFILE ?= default
 # Extra arguments for `make demo`, e.g. `make demo DEMO_ARGS="--duration 60 --rate 300"`.
 DEMO_ARGS ?=
+# Extra arguments for `make bench`, e.g. `make bench BENCH_ARGS="--scale 0.1 --only backfill"`.
+BENCH_ARGS ?=
 
 # Deploy checks (`make check-deploy`): pinned tools, installed once under target/deploy-tools.
 DEPLOY_TOOLS := $(TARGET_DIR)/deploy-tools
@@ -29,7 +31,7 @@ IMAGE ?= rekey:0.1.0
 export PATH := $(CARGO_BIN):$(PATH)
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help tools build test demo lint fmt clean deploy-tools check-deploy deploy-sync image
+.PHONY: help tools build test demo bench lint fmt clean deploy-tools check-deploy deploy-sync image
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
@@ -76,6 +78,10 @@ test: tools ## Build, then run every test (unit, integration, end-to-end) with n
 demo: tools ## Run the demo (release build): make demo DEMO_ARGS="..."
 	$(CARGO) build --release --workspace --bins
 	$(TARGET_DIR)/release/rekey-demo $(DEMO_ARGS)
+
+bench: tools ## Benchmark vs native logical replication and pg_dump (release): make bench BENCH_ARGS="..."
+	$(CARGO) build --release --workspace --bins
+	$(TARGET_DIR)/release/rekey-bench $(BENCH_ARGS)
 
 lint: ## Check formatting and clippy warnings
 	$(CARGO) fmt --all --check

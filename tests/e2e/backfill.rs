@@ -10,7 +10,10 @@ use rekey_tests::pipeline::promptstudio_config;
 use rekey_tests::{wait_until, Pipeline, Service};
 
 fn config(chunk_rows: usize, window_delay_ms: u64) -> String {
-    format!("{}\n[backfill]\nchunk_rows = {chunk_rows}\nwindow_delay_ms = {window_delay_ms}\n", promptstudio_config())
+    format!(
+        "{}\n[backfill]\nchunk_rows = {chunk_rows}\nwindow_delay_ms = {window_delay_ms}\n",
+        promptstudio_config()
+    )
 }
 
 async fn backfill_state(p: &Pipeline) -> Vec<(String, i64, i64, i64, bool)> {
@@ -25,7 +28,11 @@ async fn backfill_state(p: &Pipeline) -> Vec<(String, i64, i64, i64, bool)> {
 }
 
 /// Updates and deletes rows all over the legacy database until told to stop.
-fn churn(mut legacy: tokio_postgres::Client, stop: Arc<AtomicBool>, seed: u64) -> tokio::task::JoinHandle<u64> {
+fn churn(
+    mut legacy: tokio_postgres::Client,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut w = rekey_workload::Workload::new(seed);
         let mut n = 0;
@@ -46,17 +53,28 @@ async fn existing_rows_arrive_while_changes_stream() {
     let stop = Arc::new(AtomicBool::new(false));
     p.start().await;
     let churner = churn(p.legacy_client().await, stop.clone(), 5);
-    wait_until("every table backfilled", Duration::from_secs(180), || async {
-        let s = backfill_state(&p).await;
-        s.len() == 9 && s.iter().all(|t| t.4)
-    })
+    wait_until(
+        "every table backfilled",
+        Duration::from_secs(180),
+        || async {
+            let s = backfill_state(&p).await;
+            s.len() == 9 && s.iter().all(|t| t.4)
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     let txns = churner.await.unwrap();
-    assert!(txns > 50, "the workload ran {txns} transactions during backfill");
+    assert!(
+        txns > 50,
+        "the workload ran {txns} transactions during backfill"
+    );
     p.assert_converged().await;
     let copied: i64 = backfill_state(&p).await.iter().map(|t| t.1).sum();
-    assert!(copied as u64 >= seeded.total() * 9 / 10, "backfill copied {copied} of {} seeded rows", seeded.total());
+    assert!(
+        copied as u64 >= seeded.total() * 9 / 10,
+        "backfill copied {copied} of {} seeded rows",
+        seeded.total()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -90,17 +108,24 @@ async fn a_change_during_a_chunk_window_ends_with_the_newest_value() {
             }
         })
     };
-    wait_until("every table backfilled", Duration::from_secs(240), || async {
-        let s = backfill_state(&p).await;
-        s.len() == 9 && s.iter().all(|t| t.4)
-    })
+    wait_until(
+        "every table backfilled",
+        Duration::from_secs(240),
+        || async {
+            let s = backfill_state(&p).await;
+            s.len() == 9 && s.iter().all(|t| t.4)
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     churner.await.unwrap();
     hammer.await.unwrap();
     p.assert_converged().await;
     let superseded: i64 = backfill_state(&p).await.iter().map(|t| t.2).sum();
-    assert!(superseded > 0, "some chunk rows were changed by the stream inside their window and dropped");
+    assert!(
+        superseded > 0,
+        "some chunk rows were changed by the stream inside their window and dropped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,35 +135,76 @@ async fn a_killed_reader_resumes_backfill_from_its_last_chunk() {
     rekey_workload::seed(&legacy, 0.1, 21).await.expect("seed");
     p.start().await;
     // Wait until prompt_executions (the largest table) is partly copied.
-    wait_until("prompt_executions partly backfilled", Duration::from_secs(180), || async {
-        backfill_state(&p).await.iter().any(|t| t.0 == "public.prompt_executions" && t.3 >= 5 && !t.4)
-    })
+    wait_until(
+        "prompt_executions partly backfilled",
+        Duration::from_secs(180),
+        || async {
+            backfill_state(&p)
+                .await
+                .iter()
+                .any(|t| t.0 == "public.prompt_executions" && t.3 >= 5 && !t.4)
+        },
+    )
     .await;
     p.reader.as_mut().unwrap().kill9();
     let before = backfill_state(&p).await;
     let done_before: Vec<String> = before.iter().filter(|t| t.4).map(|t| t.0.clone()).collect();
-    assert!(!done_before.is_empty(), "parents were done before the kill: {before:?}");
+    assert!(
+        !done_before.is_empty(),
+        "parents were done before the kill: {before:?}"
+    );
     p.start_reader();
     let reader: &Service = p.reader.as_ref().unwrap();
-    assert!(reader.wait_for_output("resuming backfill", Duration::from_secs(60)).await);
-    assert!(reader.wait_for_output("resuming backfill table=public.prompt_executions", Duration::from_secs(60)).await);
+    assert!(
+        reader
+            .wait_for_output("resuming backfill", Duration::from_secs(60))
+            .await
+    );
+    assert!(
+        reader
+            .wait_for_output(
+                "resuming backfill table=public.prompt_executions",
+                Duration::from_secs(60)
+            )
+            .await
+    );
     let out = reader.output();
-    let resumed = out.lines().find(|l| l.contains("resuming backfill table=public.prompt_executions")).unwrap();
-    let executions = before.iter().find(|t| t.0 == "public.prompt_executions").unwrap();
+    let resumed = out
+        .lines()
+        .find(|l| l.contains("resuming backfill table=public.prompt_executions"))
+        .unwrap();
+    let executions = before
+        .iter()
+        .find(|t| t.0 == "public.prompt_executions")
+        .unwrap();
     // The writer may apply more chunks after the kill (published before it): the resume
     // point is at least what was recorded then, and not the start.
-    let rows_done: i64 = resumed.split("rows_done=").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
-    assert!(rows_done >= executions.1 && rows_done > 0, "resumes after the recorded chunks ({executions:?}): {resumed}");
+    let rows_done: i64 = resumed
+        .split("rows_done=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        rows_done >= executions.1 && rows_done > 0,
+        "resumes after the recorded chunks ({executions:?}): {resumed}"
+    );
     for t in &done_before {
         assert!(
-            !out.lines().any(|l| l.contains("backfill table=") && l.contains(&format!("table={t} "))),
+            !out.lines()
+                .any(|l| l.contains("backfill table=") && l.contains(&format!("table={t} "))),
             "{t} was done before the kill and must not be copied again:\n{out}"
         );
     }
-    wait_until("every table backfilled", Duration::from_secs(180), || async {
-        let s = backfill_state(&p).await;
-        s.len() == 9 && s.iter().all(|t| t.4)
-    })
+    wait_until(
+        "every table backfilled",
+        Duration::from_secs(180),
+        || async {
+            let s = backfill_state(&p).await;
+            s.len() == 9 && s.iter().all(|t| t.4)
+        },
+    )
     .await;
     p.assert_converged().await;
 }

@@ -99,7 +99,11 @@ async fn a_faithful_migration_verifies_clean_and_every_planted_difference_is_nam
     p.assert_converged().await;
 
     let (code, out) = run_verify(&p, &["--json", "-"]).await;
-    assert_eq!(code, Some(0), "a converged migration verifies clean:\n{out}");
+    assert_eq!(
+        code,
+        Some(0),
+        "a converged migration verifies clean:\n{out}"
+    );
     let report = json_line(&out);
     assert_eq!(report["clean"], true, "{report:#}");
     assert_eq!(report["tables"].as_array().unwrap().len(), 9);
@@ -112,12 +116,18 @@ async fn a_faithful_migration_verifies_clean_and_every_planted_difference_is_nam
         .get(0);
     assert_eq!(executions["legacy_rows"], legacy_executions);
     assert_eq!(executions["target_live_rows"], legacy_executions);
-    assert!(out.contains("verify public.prompt_executions: done,"), "{out}");
+    assert!(
+        out.contains("verify public.prompt_executions: done,"),
+        "{out}"
+    );
 
     // Stop the writer so nothing repairs what we break, then break the target.
     let writer = p.writer.as_mut().unwrap();
     writer.sigterm();
-    writer.wait_exit(Duration::from_secs(30)).await.expect("writer stopped");
+    writer
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("writer stopped");
     let t = p.target_client().await;
     let live = "deleted_at IS NULL";
     let template = one(&t, &format!(
@@ -165,19 +175,25 @@ async fn a_faithful_migration_verifies_clean_and_every_planted_difference_is_nam
           RETURNING 'prompt_flow_id=' || v.legacy_id || ' position=' || s.position",
     )
     .await;
-    let extra_step_flow = one(&t, &format!(
+    let extra_step_flow = one(
+        &t,
+        &format!(
         "INSERT INTO prompt_flow_steps (prompt_flow_id, position, prompt_template_id, row_version)
          SELECT f.id, 9999, (SELECT id FROM prompt_templates WHERE {live} LIMIT 1), 1
            FROM prompt_flows f WHERE f.{live} ORDER BY f.legacy_id DESC LIMIT 1
          RETURNING (SELECT legacy_id::text FROM prompt_flows WHERE id = prompt_flow_id)"
-    ))
+    ),
+    )
     .await;
 
     let json = p.dir().join("verify.json");
     let json_arg = json.display().to_string();
     let (code, out) = run_verify(&p, &["--json", &json_arg, "--settle-timeout", "2"]).await;
     assert_eq!(code, Some(1), "differences exit 1:\n{out}");
-    assert!(out.contains("re-checking"), "differences are re-checked:\n{out}");
+    assert!(
+        out.contains("re-checking"),
+        "differences are re-checked:\n{out}"
+    );
     let report = json_file(&json);
     assert_eq!(report["clean"], false);
     assert_counts_agree(&report);
@@ -190,7 +206,10 @@ async fn a_faithful_migration_verifies_clean_and_every_planted_difference_is_nam
             diffs.iter().any(|d| d == label),
             "{name}: expected {label:?} in {diffs:#?}"
         );
-        assert!(out.contains(label), "the text report names {label:?}:\n{out}");
+        assert!(
+            out.contains(label),
+            "the text report names {label:?}:\n{out}"
+        );
     };
     expect(
         "prompt_templates",
@@ -245,7 +264,8 @@ async fn a_faithful_migration_verifies_clean_and_every_planted_difference_is_nam
     assert!(
         differences(fe)
             .iter()
-            .any(|d| d.starts_with("dangling prompt_flow_id legacy_id=") && d.ends_with("(parent soft-deleted)")),
+            .any(|d| d.starts_with("dangling prompt_flow_id legacy_id=")
+                && d.ends_with("(parent soft-deleted)")),
         "{fe:#}"
     );
     // Nothing else is reported.
@@ -319,7 +339,10 @@ async fn a_seeded_database_is_verified_in_bounded_chunks_and_lag_is_rechecked_aw
     // sees the lag; the re-check after the target caught up does not.
     let writer = p.writer.as_mut().unwrap();
     writer.sigterm();
-    writer.wait_exit(Duration::from_secs(30)).await.expect("writer stopped");
+    writer
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("writer stopped");
     let stats = rekey_workload::Workload::new(99)
         .run(
             &mut legacy,
@@ -333,7 +356,14 @@ async fn a_seeded_database_is_verified_in_bounded_chunks_and_lag_is_rechecked_aw
     assert!(stats.committed > 100);
     let mut verify = spawn_verify(
         &p,
-        &["--chunk-rows", "500", "--settle-timeout", "90", "--json", "-"],
+        &[
+            "--chunk-rows",
+            "500",
+            "--settle-timeout",
+            "90",
+            "--json",
+            "-",
+        ],
     );
     assert!(
         verify
@@ -363,6 +393,9 @@ async fn a_seeded_database_is_verified_in_bounded_chunks_and_lag_is_rechecked_aw
     assert_counts_agree(&report);
 }
 
+/// Arguments, environment, and what the one error line says.
+type Case<'a> = (&'a [&'a str], Vec<(&'a str, String)>, &'a str);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_without_what_it_needs_exits_2_with_one_line() {
     let dir = std::env::temp_dir().join(format!("rekey-verify-usage-{}", std::process::id()));
@@ -370,7 +403,7 @@ async fn verify_without_what_it_needs_exits_2_with_one_line() {
     let config = dir.join("rekey.toml");
     std::fs::write(&config, rekey_tests::pipeline::promptstudio_config()).unwrap();
     let config = config.display().to_string();
-    let cases: [(&[&str], Vec<(&str, String)>, &str); 3] = [
+    let cases: [Case; 3] = [
         (
             &["verify", "--config", "/nonexistent/rekey.toml"],
             vec![],
@@ -395,63 +428,10 @@ async fn verify_without_what_it_needs_exits_2_with_one_line() {
         let status = s.wait_exit(Duration::from_secs(30)).await.expect("exited");
         let out = s.output();
         assert_eq!(status.code(), Some(2), "{args:?}: {out}");
-        assert!(out.contains(expected), "{args:?}: expected {expected:?} in {out}");
+        assert!(
+            out.contains(expected),
+            "{args:?}: expected {expected:?} in {out}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore]
-async fn scratch_speed() {
-    let mut p = Pipeline::new().await;
-    p.start().await;
-    let legacy = p.legacy_client().await;
-    let scale: f64 = std::env::var("SCALE").unwrap().parse().unwrap();
-    let seeded = rekey_workload::seed(&legacy, scale, 1).await.expect("seed");
-    eprintln!("{seeded}");
-    legacy
-        .batch_execute(
-            "UPDATE prompt_labs SET name = name; UPDATE prompt_libraries SET name = name;
-             UPDATE prompt_templates SET name = name, content = content || ''; UPDATE prompt_variables SET name = name;
-             UPDATE variable_collections SET name = name; UPDATE prompt_executions SET model = model;
-             UPDATE prompt_flows SET name = name; UPDATE prompt_flow_steps SET position = position;
-             UPDATE flow_executions SET status = status; ANALYZE;",
-        )
-        .await
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    p.wait_caught_up(Duration::from_secs(900)).await;
-    eprintln!("caught up in {:?}", t0.elapsed());
-    p.target_client().await.batch_execute("ANALYZE").await.unwrap();
-    let target = p.target_client().await;
-    let set = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1;";
-    legacy.batch_execute(set).await.unwrap();
-    target.batch_execute(set).await.unwrap();
-    let cols = r#"t."model"::text, t."input_tokens"::text, t."output_tokens"::text, t."cost_usd"::text, t."latency_ms"::text, t."response"::text, t."executed_at"::text"#;
-    let lq = format!(r#"SELECT t."id"::bigint, t."prompt_template_id"::text, t."variable_collection_id"::text, md5(ROW({cols})::text) FROM "public"."prompt_executions" t WHERE t."id" > $1::bigint ORDER BY t."id" LIMIT $2::bigint"#);
-    let tq = format!(r#"SELECT t.legacy_id::bigint, t.id::text, t.deleted_at IS NOT NULL, t."prompt_template_id"::text, t."variable_collection_id"::text, md5(ROW({cols})::text) FROM "public"."prompt_executions" t WHERE t.legacy_id > $1::bigint ORDER BY t.legacy_id LIMIT $2::bigint"#);
-    for (name, c, q) in [("legacy", &legacy, &lq), ("target", &target, &tq)] {
-        let st = c.prepare(q).await.unwrap();
-        let t0 = std::time::Instant::now();
-        let mut last = i64::MIN;
-        let mut n = 0;
-        loop {
-            let rows = c.query(&st, &[&last, &10000i64]).await.unwrap();
-            if rows.is_empty() { break; }
-            n += rows.len();
-            last = rows.last().unwrap().get(0);
-        }
-        eprintln!("{name}: {n} rows fetched in {:?}", t0.elapsed());
-        let ex = c.query(&format!("EXPLAIN (ANALYZE, BUFFERS) {}", q.replace("$1::bigint", "0").replace("$2::bigint", "10000")), &[]).await.unwrap();
-        eprintln!("{}", ex.iter().map(|r| format!("  {}", r.get::<_, String>(0))).collect::<Vec<_>>().join("\n"));
-    }
-    let rk = rekey::rekey::Rekeyer::new(b"0123456789abcdef0123");
-    let t0 = std::time::Instant::now();
-    for k in 0..75000 { std::hint::black_box(rk.uuid("prompt_executions", &k.to_string()).to_string()); }
-    eprintln!("75000 uuids (test profile) in {:?}", t0.elapsed());
-    for chunk in ["10000"] {
-        let (code, out) = run_verify(&p, &["--chunk-rows", chunk]).await;
-        eprintln!("{out}");
-        assert_eq!(code, Some(0));
-    }
 }

@@ -86,6 +86,7 @@ impl Source {
                 heartbeat: false,
                 tables: vec![table()],
                 changes,
+                backfill: None,
             }],
         }
         .encode_to_vec()

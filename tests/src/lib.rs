@@ -30,6 +30,7 @@ pub use pg::{Pg, PgOptions};
 pub use process::{bin_path, Service};
 pub use wait::{free_port, wait_until};
 
+pub mod bench;
 pub mod compare;
 pub mod pipeline;
 pub mod scrape;

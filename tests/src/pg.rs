@@ -209,6 +209,12 @@ impl Pg {
         &self.dir
     }
 
+    /// The directory of the PostgreSQL programs this cluster runs with (`pg_dump`,
+    /// `psql`, `pgbench` are there too).
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
     /// The server log file.
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("postgres.log")

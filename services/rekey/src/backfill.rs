@@ -55,9 +55,17 @@ pub const HIGH_WATERMARK: &str = "rekey.backfill.high";
 #[derive(Debug)]
 pub enum ChunkMsg {
     /// A chunk is about to start: its low watermark follows in the WAL.
-    Open { chunk: String, table: Arc<BackfillTable> },
+    Open {
+        chunk: String,
+        table: Arc<BackfillTable>,
+    },
     /// The chunk's rows; its high watermark follows in the WAL.
-    Rows { chunk: String, rows: Vec<Tuple>, last_key: Vec<String>, done: bool },
+    Rows {
+        chunk: String,
+        rows: Vec<Tuple>,
+        last_key: Vec<String>,
+        done: bool,
+    },
 }
 
 /// One table to copy: the mapping of its rows and how to page through it.
@@ -110,14 +118,24 @@ pub async fn load_progress(target: &Client, table: &str) -> Result<Progress, Err
         return Ok(Progress::default());
     }
     let row = target
-        .query_opt("SELECT last_key, rows_copied, done FROM rekey.backfill WHERE target_table = $1", &[&table])
+        .query_opt(
+            "SELECT last_key, rows_copied, done FROM rekey.backfill WHERE target_table = $1",
+            &[&table],
+        )
         .await
         .map_err(Error::target_db("reading backfill progress"))?;
-    Ok(row.map_or_else(Progress::default, |r| Progress { last_key: r.get(0), rows: r.get(1), done: r.get(2) }))
+    Ok(row.map_or_else(Progress::default, |r| Progress {
+        last_key: r.get(0),
+        rows: r.get(1),
+        done: r.get(2),
+    }))
 }
 
 /// Records a chunk's progress; call in the target transaction that applies its rows.
-pub async fn save_progress(target: &Client, p: &crate::event::BackfillProgress) -> Result<(), Error> {
+pub async fn save_progress(
+    target: &Client,
+    p: &crate::event::BackfillProgress,
+) -> Result<(), Error> {
     target
         .execute(
             "INSERT INTO rekey.backfill AS b (target_table, source_table, last_key, rows_copied, rows_superseded, chunks, done)
@@ -150,15 +168,27 @@ pub fn tables(config: &Config, catalog: &SourceCatalog) -> Result<Vec<Arc<Backfi
             replica_identity: b'd',
             columns: cols
                 .iter()
-                .map(|c| RelationColumn { is_key: c.is_key, name: c.name.clone(), type_oid: 0, type_modifier: -1 })
+                .map(|c| RelationColumn {
+                    is_key: c.is_key,
+                    name: c.name.clone(),
+                    type_oid: 0,
+                    type_modifier: -1,
+                })
                 .collect(),
         };
-        let map = TableMap::new(&relation, t, |col| catalog.type_of(&source, col).unwrap_or("text").to_string())?;
+        let map = TableMap::new(&relation, t, |col| {
+            catalog.type_of(&source, col).unwrap_or("text").to_string()
+        })?;
         out.push(Arc::new(BackfillTable {
             config: t.clone(),
             map,
             columns: cols.iter().map(|c| c.name.clone()).collect(),
-            key: cols.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect(),
+            key: cols
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_key)
+                .map(|(i, _)| i)
+                .collect(),
         }));
     }
     Ok(out)
@@ -191,7 +221,9 @@ pub async fn run(
         metrics::gauge!(telemetry::BACKFILL_ROWS_ESTIMATED, &labels).set(estimate as f64);
         metrics::gauge!(telemetry::BACKFILL_TABLE_DONE, &labels).set(0.0);
         match &progress.last_key {
-            Some(k) => tracing::info!(table = %target_name, after_key = %k.join("/"), rows_done = progress.rows, estimate, "resuming backfill"),
+            Some(k) => {
+                tracing::info!(table = %target_name, after_key = %k.join("/"), rows_done = progress.rows, estimate, "resuming backfill")
+            }
             None => tracing::info!(table = %target_name, estimate, "starting backfill"),
         }
         // Rows inserted after this point arrive through the stream: stop at today's
@@ -205,23 +237,51 @@ pub async fn run(
         loop {
             chunk_no += 1;
             let chunk = format!("{run_id}:{chunk_no}");
-            if tx.send(ChunkMsg::Open { chunk: chunk.clone(), table: table.clone() }).await.is_err() {
+            if tx
+                .send(ChunkMsg::Open {
+                    chunk: chunk.clone(),
+                    table: table.clone(),
+                })
+                .await
+                .is_err()
+            {
                 return Ok(());
             }
             emit(&source, LOW_WATERMARK, &chunk).await?;
             let rows = match &upper {
-                Some(upper) => select_chunk(&source, &table, last_key.as_deref(), upper, config.backfill.chunk_rows).await?,
+                Some(upper) => {
+                    select_chunk(
+                        &source,
+                        &table,
+                        last_key.as_deref(),
+                        upper,
+                        config.backfill.chunk_rows,
+                    )
+                    .await?
+                }
                 None => Vec::new(),
             };
             if config.backfill.window_delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(config.backfill.window_delay_ms)).await;
             }
             if let Some(last) = rows.last() {
-                last_key = Some(table.key.iter().map(|&i| last.0[i].as_str().unwrap_or_default().to_string()).collect());
+                last_key = Some(
+                    table
+                        .key
+                        .iter()
+                        .map(|&i| last.0[i].as_str().unwrap_or_default().to_string())
+                        .collect(),
+                );
             }
-            let done = rows.len() < config.backfill.chunk_rows || last_key.is_some() && last_key == upper;
+            let done =
+                rows.len() < config.backfill.chunk_rows || last_key.is_some() && last_key == upper;
             let n = rows.len() as u64;
-            let msg = ChunkMsg::Rows { chunk: chunk.clone(), rows, last_key: last_key.clone().unwrap_or_default(), done };
+            let msg = ChunkMsg::Rows {
+                chunk: chunk.clone(),
+                rows,
+                last_key: last_key.clone().unwrap_or_default(),
+                done,
+            };
             if tx.send(msg).await.is_err() {
                 return Ok(());
             }
@@ -254,28 +314,51 @@ pub async fn run(
 /// The largest key of the table now (`None` when it is empty).
 async fn max_key(source: &Client, table: &BackfillTable) -> Result<Option<Vec<String>>, Error> {
     let (s, n) = table.config.source_parts();
-    let key: Vec<String> = table.key.iter().map(|&i| quote_ident(&table.columns[i])).collect();
+    let key: Vec<String> = table
+        .key
+        .iter()
+        .map(|&i| quote_ident(&table.columns[i]))
+        .collect();
     let desc: Vec<String> = key.iter().map(|k| format!("{k} DESC")).collect();
-    let sql = format!("SELECT {} FROM {} ORDER BY {} LIMIT 1", key.join(", "), quote_qualified(s, n), desc.join(", "));
+    let sql = format!(
+        "SELECT {} FROM {} ORDER BY {} LIMIT 1",
+        key.join(", "),
+        quote_qualified(s, n),
+        desc.join(", ")
+    );
     let messages = source
         .simple_query(&sql)
         .await
-        .map_err(Error::source_db(format!("reading the largest key of {}", table.source_name())))?;
+        .map_err(Error::source_db(format!(
+            "reading the largest key of {}",
+            table.source_name()
+        )))?;
     for m in messages {
         if let SimpleQueryMessage::Row(r) = m {
-            return Ok(Some((0..key.len()).map(|i| r.get(i).unwrap_or_default().to_string()).collect()));
+            return Ok(Some(
+                (0..key.len())
+                    .map(|i| r.get(i).unwrap_or_default().to_string())
+                    .collect(),
+            ));
         }
     }
     Ok(None)
 }
 
 fn literals(values: &[String]) -> String {
-    values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+    values
+        .iter()
+        .map(|v| format!("'{}'", v.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn emit(source: &Client, prefix: &str, chunk: &str) -> Result<(), Error> {
     source
-        .query_one("SELECT pg_logical_emit_message(true, $1, $2)", &[&prefix, &chunk])
+        .query_one(
+            "SELECT pg_logical_emit_message(true, $1, $2)",
+            &[&prefix, &chunk],
+        )
         .await
         .map_err(Error::source_db("writing a backfill watermark"))?;
     Ok(())
@@ -285,7 +368,13 @@ async fn estimate_rows(source: &Client, t: &TableConfig) -> Result<i64, Error> {
     let (s, n) = t.source_parts();
     let name = quote_qualified(s, n);
     let reltuples: f32 = source
-        .query_one(&format!("SELECT reltuples FROM pg_class WHERE oid = '{}'::regclass", name.replace('\'', "''")), &[])
+        .query_one(
+            &format!(
+                "SELECT reltuples FROM pg_class WHERE oid = '{}'::regclass",
+                name.replace('\'', "''")
+            ),
+            &[],
+        )
         .await
         .map_err(Error::source_db("estimating rows"))?
         .get(0);
@@ -311,7 +400,11 @@ async fn select_chunk(
 ) -> Result<Vec<Tuple>, Error> {
     let (s, n) = table.config.source_parts();
     let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(c)).collect();
-    let key: Vec<String> = table.key.iter().map(|&i| quote_ident(&table.columns[i])).collect();
+    let key: Vec<String> = table
+        .key
+        .iter()
+        .map(|&i| quote_ident(&table.columns[i]))
+        .collect();
     let keys = key.join(", ");
     let mut filter = format!("WHERE ({keys}) <= ({})", literals(upper));
     if let Some(k) = after.filter(|k| k.len() == key.len()) {
@@ -326,7 +419,10 @@ async fn select_chunk(
     let messages = source
         .simple_query(&sql)
         .await
-        .map_err(Error::source_db(format!("reading a backfill chunk of {}", table.source_name())))?;
+        .map_err(Error::source_db(format!(
+            "reading a backfill chunk of {}",
+            table.source_name()
+        )))?;
     let mut rows = Vec::with_capacity(limit);
     for m in messages {
         if let SimpleQueryMessage::Row(r) = m {

@@ -75,6 +75,13 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The migration phase: `replicate` (default) or `cutover`; re-read live by the
+    /// reader (see [`crate::cutover`]).
+    #[serde(default)]
+    pub phase: crate::cutover::Phase,
+    /// Where the config was loaded from (not part of the file).
+    #[serde(skip)]
+    pub path: Option<std::path::PathBuf>,
     #[serde(default)]
     pub source: SourceConfig,
     #[serde(default)]
@@ -289,6 +296,7 @@ impl Config {
             Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         config.apply_env(|k| std::env::var(k).ok());
         config.validate(role)?;
+        config.path = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -379,10 +387,10 @@ impl Config {
                 "must be at least 1 change / 1024 bytes",
             );
         }
-        if needs_source && self.backfill.enabled && self.target.url.0.is_empty() {
+        if needs_source && self.target.url.0.is_empty() {
             return bad(
                 "target.url",
-                "missing: the reader resumes backfill from the target; set REKEY_TARGET_URL (or backfill.enabled = false)",
+                "missing: the reader resumes backfill and records the cutover state in the target; set REKEY_TARGET_URL",
             );
         }
         if self.backfill.chunk_rows == 0 || self.backfill.parallelism == 0 {
@@ -466,6 +474,48 @@ fn is_identifier(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// How often the config file is checked for a new `phase`.
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Re-reads the config file when it changes (checked every [`RELOAD_INTERVAL`]; a
+/// Kubernetes ConfigMap update swaps the file's symlink, so its content is compared, not
+/// its inode) or on SIGHUP, and publishes a changed `phase`. A file that no longer parses
+/// is reported and ignored: the running phase stays.
+pub async fn watch_phase(
+    path: std::path::PathBuf,
+    role: Role,
+    tx: tokio::sync::watch::Sender<crate::cutover::Phase>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut last = std::fs::read_to_string(&path).ok();
+    loop {
+        let forced = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = async { match &mut hup { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            _ = tokio::time::sleep(RELOAD_INTERVAL) => false,
+        };
+        let text = std::fs::read_to_string(&path).ok();
+        if text == last && !forced {
+            continue;
+        }
+        last = text;
+        match Config::load(&path, role) {
+            Ok(c) => {
+                let old = *tx.borrow();
+                if c.phase != old {
+                    tracing::info!(from = old.label(), to = c.phase.label(), "phase changed");
+                    tx.send_replace(c.phase);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e.one_line(), phase = tx.borrow().label(), "config reload failed; keeping the running phase")
+            }
+        }
+    }
+}
+
 /// Quotes an SQL identifier.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -506,7 +556,10 @@ mod tests {
         );
         c.apply_env(|k| (k == "REKEY_ID_SECRET").then(|| "0123456789abcdef0123".to_string()));
         let err = c.validate(Role::Reader).unwrap_err().to_string();
-        assert!(err.contains("REKEY_TARGET_URL"), "backfill resumes from the target: {err}");
+        assert!(
+            err.contains("REKEY_TARGET_URL"),
+            "backfill resumes from the target: {err}"
+        );
         c.apply_env(|k| (k == "REKEY_TARGET_URL").then(|| "postgres://x/z".to_string()));
         c.validate(Role::Reader).unwrap();
         assert_eq!(c.source.url.expose(), "postgres://x/y");

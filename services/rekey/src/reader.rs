@@ -30,9 +30,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::backfill::{self, ChunkMsg};
 use crate::config::Config;
 use crate::error::Error;
-use crate::backfill::{self, ChunkMsg};
 use crate::event::{self, value::Kind, Op, PG_EPOCH_OFFSET_MICROS};
 use crate::mapping::{value_size, TableMap};
 use crate::pgoutput::{self, Message, Tuple};
@@ -67,9 +67,31 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
         Vec::new()
     };
 
+    let (phase_tx, phase_rx) = watch::channel(config.phase);
+    if let Some(path) = config.path.clone() {
+        tokio::spawn(crate::config::watch_phase(
+            path,
+            crate::config::Role::Reader,
+            phase_tx,
+            cancel.clone(),
+        ));
+    }
+
     let mut backoff = RETRY_START;
     loop {
-        let result = stream(&config, &producer, &types, &backfill_tables, &cancel).await;
+        let result = stream(
+            &config,
+            &producer,
+            &types,
+            &backfill_tables,
+            phase_rx.clone(),
+            &cancel,
+        )
+        .await;
+        crate::health::set_not_ready(match &result {
+            Ok(()) => "stopping".to_string(),
+            Err(e) => format!("not streaming: {}", e.one_line()),
+        });
         match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
@@ -96,6 +118,7 @@ async fn stream(
     producer: &FutureProducer,
     types: &Arc<slot::SourceCatalog>,
     backfill_tables: &[Arc<backfill::BackfillTable>],
+    mut phase: watch::Receiver<crate::cutover::Phase>,
     cancel: &CancellationToken,
 ) -> Result<(), Error> {
     let pg: tokio_postgres::Config = config
@@ -134,6 +157,7 @@ async fn stream(
     .with_application_name(format!("rekey-reader:{}", config.source.slot));
     let mut repl = ReplicationClient::connect(repl_config).await?;
     repl.wait_started().await?;
+    crate::health::set_ready();
     tracing::info!(slot = %config.source.slot, publication = %config.source.publication, topic = %config.kafka.topic, "streaming");
 
     let control = Arc::new(
@@ -157,7 +181,9 @@ async fn stream(
             .map_err(Error::source_db("connecting to the source for backfill"))?;
         let target = slot::connect(config.target.url.expose(), "target")
             .await
-            .map_err(Error::target_db("connecting to the target to read backfill progress"))?;
+            .map_err(Error::target_db(
+                "connecting to the target to read backfill progress",
+            ))?;
         let run_id = format!(
             "{:x}",
             std::time::SystemTime::now()
@@ -165,9 +191,55 @@ async fn stream(
                 .unwrap_or_default()
                 .as_nanos()
         );
-        let task = backfill::run(config.clone(), backfill_tables.to_vec(), source, target, run_id, chunk_tx);
+        let task = backfill::run(
+            config.clone(),
+            backfill_tables.to_vec(),
+            source,
+            target,
+            run_id,
+            chunk_tx,
+        );
         Some(tokio::spawn(task))
     };
+
+    // The cutover state machine (crate::cutover) runs beside the stream when asked for.
+    let status_client = slot::connect(config.target.url.expose(), "target")
+        .await
+        .map_err(Error::target_db(
+            "connecting to the target for the cutover state",
+        ))?;
+    let (cutover_lsn_tx, cutover_lsn) = watch::channel(None::<u64>);
+    let mut cutover_task: Option<tokio::task::JoinHandle<Result<(), Error>>> = None;
+    let recorded = crate::cutover::load(&status_client, &config.source.slot).await?;
+    let wanted = *phase.borrow_and_update();
+    match (&recorded, wanted) {
+        (Some(st), crate::cutover::Phase::Cutover)
+            if st.phase == "cutover" && (st.state == "cutover_ready" || st.state == "failed") =>
+        {
+            cutover_lsn_tx.send_replace(st.cutover_lsn.map(|l| l as u64));
+            crate::cutover::export(if st.state == "failed" {
+                crate::cutover::State::Failed
+            } else {
+                crate::cutover::State::CutoverReady
+            });
+        }
+        (_, crate::cutover::Phase::Cutover) => {
+            cutover_task = Some(spawn_cutover(config, cutover_lsn_tx.clone()))
+        }
+        (Some(st), crate::cutover::Phase::Replicate) if st.state != "replicating" => {
+            crate::cutover::record(
+                &status_client,
+                &config.source.slot,
+                wanted,
+                crate::cutover::State::Replicating,
+                None,
+                None,
+                None,
+            )
+            .await?;
+        }
+        _ => crate::cutover::export(crate::cutover::State::Replicating),
+    }
 
     let mut state = StreamState {
         rekeyer: config.rekeyer(),
@@ -180,6 +252,8 @@ async fn stream(
         chunks: chunk_rx,
         window: None,
         pending_rows: HashMap::new(),
+        cutover_lsn,
+        status_client: Arc::new(status_client),
     };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(
         config.source.heartbeat_interval_secs.max(1),
@@ -192,6 +266,30 @@ async fn stream(
             biased;
             _ = cancel.cancelled() => break Ok(()),
             Some(e) = failed_rx.recv() => break Err(e),
+            Ok(()) = phase.changed() => {
+                let wanted = *phase.borrow_and_update();
+                if let Some(task) = cutover_task.take() {
+                    task.abort();
+                }
+                match wanted {
+                    crate::cutover::Phase::Cutover => cutover_task = Some(spawn_cutover(config, cutover_lsn_tx.clone())),
+                    crate::cutover::Phase::Replicate => {
+                        cutover_lsn_tx.send_replace(None);
+                        if let Err(e) = crate::cutover::record(&state.status_client, &config.source.slot, wanted, crate::cutover::State::Replicating, None, None, None).await {
+                            break Err(e);
+                        }
+                    }
+                }
+            }
+            result = async { cutover_task.as_mut().expect("guarded").await }, if cutover_task.is_some() => {
+                cutover_task = None;
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e.one_line(), "cutover procedure failed; set phase = replicate, then cutover again to retry"),
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => tracing::error!(error = %e, "cutover procedure panicked"),
+                }
+            }
             result = async { backfill_task.as_mut().expect("guarded").await }, if backfill_task.is_some() => {
                 backfill_task = None;
                 match result {
@@ -231,6 +329,9 @@ async fn stream(
     if let Some(task) = backfill_task.take() {
         task.abort();
     }
+    if let Some(task) = cutover_task.take() {
+        task.abort();
+    }
     let StreamState { ack, .. } = state;
     drop(ack);
     if outcome.is_ok() {
@@ -253,6 +354,23 @@ async fn stream(
     repl.stop();
     let _ = tokio::time::timeout(Duration::from_secs(5), repl.shutdown()).await;
     outcome
+}
+
+/// Starts the cutover procedure with its own connections.
+fn spawn_cutover(
+    config: &Config,
+    lsn: watch::Sender<Option<u64>>,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    let config = config.clone();
+    tokio::spawn(async move {
+        let source = slot::connect(config.source.url.expose(), "source")
+            .await
+            .map_err(Error::source_db("connecting to the source for cutover"))?;
+        let target = slot::connect(config.target.url.expose(), "target")
+            .await
+            .map_err(Error::target_db("connecting to the target for cutover"))?;
+        crate::cutover::run(&config, &source, &target, &lsn).await
+    })
 }
 
 /// A published message (or a transaction with nothing to publish) waiting for its turn
@@ -340,6 +458,9 @@ struct StreamState<'a> {
     window: Option<Window>,
     /// Chunk rows received but whose high watermark has not been read yet.
     pending_rows: HashMap<String, (Vec<Tuple>, Vec<String>, bool)>,
+    /// The cutover point, once one is recorded: later legacy writes raise the alarm.
+    cutover_lsn: watch::Receiver<Option<u64>>,
+    status_client: Arc<tokio_postgres::Client>,
 }
 
 impl StreamState<'_> {
@@ -387,7 +508,31 @@ impl StreamState<'_> {
                 };
                 metrics::counter!(telemetry::READER_TRANSACTIONS).increment(1);
                 open.position.end_lsn = end_lsn.as_u64();
-                if open.changes.is_empty() && open.chunk_seq == 0 && !open.heartbeat {
+                let wrote = !open.changes.is_empty() || open.chunk_seq > 0;
+                if let Some(point) = *self.cutover_lsn.borrow() {
+                    if wrote && open.backfill.is_none() && open.position.commit_lsn > point {
+                        metrics::counter!(telemetry::CUTOVER_LEGACY_WRITES_AFTER_CUTOVER)
+                            .increment(1);
+                        tracing::error!(
+                            commit_lsn = %crate::writer::lsn_text(open.position.commit_lsn),
+                            cutover_lsn = %crate::writer::lsn_text(point),
+                            "legacy write after the cutover point: the application still writes to the legacy store (applied anyway)"
+                        );
+                        let (client, slot) =
+                            (self.status_client.clone(), self.config.source.slot.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = crate::cutover::record_late_write(&client, &slot).await
+                            {
+                                tracing::warn!(error = %e.one_line(), "could not count the late write in rekey.status");
+                            }
+                        });
+                    }
+                }
+                if open.changes.is_empty()
+                    && open.chunk_seq == 0
+                    && !open.heartbeat
+                    && open.backfill.is_none()
+                {
                     // Nothing of ours: confirm it in turn, publish nothing.
                     self.enqueue(InFlight {
                         delivery: None,
@@ -516,7 +661,12 @@ impl StreamState<'_> {
     }
 
     /// Handles a transactional logical message: heartbeats and backfill watermarks.
-    async fn on_message(&mut self, transactional: bool, prefix: &str, content: &[u8]) -> Result<(), Error> {
+    async fn on_message(
+        &mut self,
+        transactional: bool,
+        prefix: &str,
+        content: &[u8],
+    ) -> Result<(), Error> {
         if !transactional {
             return Ok(());
         }
@@ -533,10 +683,20 @@ impl StreamState<'_> {
                 while let Ok(msg) = self.chunks.try_recv() {
                     match msg {
                         ChunkMsg::Open { chunk: c, table } if c == chunk => {
-                            self.window = Some(Window { chunk, table, changed: HashMap::new(), truncated: false });
+                            self.window = Some(Window {
+                                chunk,
+                                table,
+                                changed: HashMap::new(),
+                                truncated: false,
+                            });
                             break;
                         }
-                        ChunkMsg::Rows { chunk: c, rows, last_key, done } => {
+                        ChunkMsg::Rows {
+                            chunk: c,
+                            rows,
+                            last_key,
+                            done,
+                        } => {
                             self.pending_rows.insert(c, (rows, last_key, done));
                         }
                         ChunkMsg::Open { .. } => {}
@@ -553,10 +713,18 @@ impl StreamState<'_> {
                 let mut found = self.pending_rows.remove(&chunk);
                 while found.is_none() {
                     match self.chunks.try_recv() {
-                        Ok(ChunkMsg::Rows { chunk: c, rows, last_key, done }) if c == chunk => {
-                            found = Some((rows, last_key, done))
-                        }
-                        Ok(ChunkMsg::Rows { chunk: c, rows, last_key, done }) => {
+                        Ok(ChunkMsg::Rows {
+                            chunk: c,
+                            rows,
+                            last_key,
+                            done,
+                        }) if c == chunk => found = Some((rows, last_key, done)),
+                        Ok(ChunkMsg::Rows {
+                            chunk: c,
+                            rows,
+                            last_key,
+                            done,
+                        }) => {
                             self.pending_rows.insert(c, (rows, last_key, done));
                         }
                         Ok(ChunkMsg::Open { .. }) => {}
@@ -564,7 +732,9 @@ impl StreamState<'_> {
                     }
                 }
                 let Some((rows, last_key, done)) = found else {
-                    return Err(Error::Invariant(format!("backfill chunk {chunk}: rows missing at its high watermark")));
+                    return Err(Error::Invariant(format!(
+                        "backfill chunk {chunk}: rows missing at its high watermark"
+                    )));
                 };
                 self.emit_chunk(window, rows, last_key, done).await?;
             }
@@ -575,7 +745,13 @@ impl StreamState<'_> {
 
     /// Publishes the chunk rows the stream did not supersede, inside the high
     /// watermark's transaction (so at its position), with the chunk's progress.
-    async fn emit_chunk(&mut self, window: Window, rows: Vec<Tuple>, last_key: Vec<String>, done: bool) -> Result<(), Error> {
+    async fn emit_chunk(
+        &mut self,
+        window: Window,
+        rows: Vec<Tuple>,
+        last_key: Vec<String>,
+        done: bool,
+    ) -> Result<(), Error> {
         let table = window.table.clone();
         let map = &table.map;
         let (mut copied, mut superseded) = (0u64, 0u64);
@@ -609,7 +785,10 @@ impl StreamState<'_> {
         if done {
             metrics::gauge!(telemetry::BACKFILL_TABLE_DONE, &labels).set(1.0);
         }
-        let open = self.open.as_mut().ok_or_else(|| Error::Invariant("backfill watermark outside a transaction".into()))?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::Invariant("backfill watermark outside a transaction".into()))?;
         open.backfill = Some(event::BackfillProgress {
             source_table: map.source_table.clone(),
             target_table: map.target_table.clone(),
@@ -628,9 +807,12 @@ impl StreamState<'_> {
         if w.table.map.source_table != map.source_table {
             return;
         }
-        let partial = update.filter(|v| v.iter().any(|x| matches!(x.kind, Some(Kind::Unchanged(_)))));
+        let partial =
+            update.filter(|v| v.iter().any(|x| matches!(x.kind, Some(Kind::Unchanged(_)))));
         let carried = |v: &[event::Value]| -> Vec<Option<event::Value>> {
-            v.iter().map(|x| (!matches!(x.kind, Some(Kind::Unchanged(_)))).then(|| x.clone())).collect()
+            v.iter()
+                .map(|x| (!matches!(x.kind, Some(Kind::Unchanged(_)))).then(|| x.clone()))
+                .collect()
         };
         match (w.changed.get_mut(key), partial) {
             (Some(Touched::Superseded), _) => {}
@@ -642,7 +824,8 @@ impl StreamState<'_> {
                 }
             }
             (None, Some(values)) => {
-                w.changed.insert(key.to_string(), Touched::Overlay(carried(values)));
+                w.changed
+                    .insert(key.to_string(), Touched::Overlay(carried(values)));
             }
             (_, None) => {
                 w.changed.insert(key.to_string(), Touched::Superseded);

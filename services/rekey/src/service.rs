@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Role};
 use crate::error::Error;
+use crate::health;
 use crate::telemetry::{self, LogFormat};
+
+/// How long a service may drain after SIGTERM before it gives up (exit 1). Kubernetes'
+/// terminationGracePeriodSeconds must be longer (the manifests use 60 s).
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// Flags shared by the services.
 #[derive(Debug, Clone)]
@@ -48,9 +53,16 @@ where
         }
     };
     let result = runtime.block_on(async move {
-        telemetry::init_metrics(&config.telemetry.metrics_addr)?;
+        let handle = telemetry::init_metrics()?;
         let cancel = CancellationToken::new();
+        let http_stop = CancellationToken::new();
+        if !config.telemetry.metrics_addr.is_empty() {
+            health::serve(&config.telemetry.metrics_addr, handle, http_stop.clone()).await?;
+        }
+        let _http_guard = http_stop.drop_guard();
+        metrics::gauge!(telemetry::UP, "component" => name).set(1.0);
         tokio::spawn(stop_on_signal(cancel.clone()));
+        tokio::spawn(drain_deadline(name, cancel.clone()));
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "{name} starting");
         run(config, cancel).await
     });
@@ -66,6 +78,19 @@ where
             }
         }
     }
+}
+
+/// Once cancelled, the service has [`DRAIN_DEADLINE`] to finish; past it, exit 1 rather
+/// than be killed mid-write (nothing is lost either way: positions are only confirmed
+/// once durable).
+async fn drain_deadline(name: &'static str, cancel: CancellationToken) {
+    cancel.cancelled().await;
+    tokio::time::sleep(DRAIN_DEADLINE).await;
+    tracing::error!(
+        "{name}: drain took longer than {}s; exiting",
+        DRAIN_DEADLINE.as_secs()
+    );
+    std::process::exit(1);
 }
 
 async fn stop_on_signal(cancel: CancellationToken) {

@@ -44,7 +44,11 @@ pub struct SourceCatalog {
 
 impl SourceCatalog {
     pub fn type_of(&self, table: &str, column: &str) -> Option<&str> {
-        self.tables.get(table)?.iter().find(|c| c.name == column).map(|c| c.type_name.as_str())
+        self.tables
+            .get(table)?
+            .iter()
+            .find(|c| c.name == column)
+            .map(|c| c.type_name.as_str())
     }
 }
 
@@ -137,7 +141,11 @@ pub async fn check_source(client: &Client, config: &Config) -> Result<SourceCata
         }
         let ordered = rows
             .iter()
-            .map(|r| SourceColumn { name: r.get(0), type_name: r.get(1), is_key: r.get(2) })
+            .map(|r| SourceColumn {
+                name: r.get(0),
+                type_name: r.get(1),
+                is_key: r.get(2),
+            })
             .collect();
         catalog.tables.insert(t.source_name(), ordered);
     }

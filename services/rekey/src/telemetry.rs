@@ -3,8 +3,6 @@
 //! Names follow `rekey_<component>_<thing>_<unit>`; counters end in `_total`; units are
 //! base units. Labels are bounded: `table`, `op`, `kind` — never ids or keys.
 
-use std::net::SocketAddr;
-
 use crate::error::Error;
 
 pub const READER_EVENTS_READ: &str = "rekey_reader_events_read_total";
@@ -30,7 +28,8 @@ pub const BACKFILL_ROWS_SUPERSEDED: &str = "rekey_backfill_rows_superseded_total
 pub const BACKFILL_CHUNKS: &str = "rekey_backfill_chunks_total";
 pub const BACKFILL_TABLE_DONE: &str = "rekey_backfill_table_done";
 pub const CUTOVER_PHASE: &str = "rekey_cutover_phase";
-pub const CUTOVER_LEGACY_WRITES_AFTER_CUTOVER: &str = "rekey_cutover_legacy_writes_after_cutover_total";
+pub const CUTOVER_LEGACY_WRITES_AFTER_CUTOVER: &str =
+    "rekey_cutover_legacy_writes_after_cutover_total";
 pub const UP: &str = "rekey_up";
 
 /// Registers descriptions so `/metrics` documents itself.
@@ -91,15 +90,39 @@ fn describe() {
         "Source commit to target commit, per source transaction"
     );
     describe_counter!(ERRORS, "Errors by component and kind");
-    describe_counter!(WRITER_DEAD_LETTERS, "Events the writer could not apply, by kind (the writer stops on them)");
-    describe_gauge!(WRITER_CONSUMER_LAG_MESSAGES, "Messages in the topic not yet applied (high watermark minus next offset)");
-    describe_counter!(BACKFILL_ROWS, "Pre-existing rows copied by backfill, by table");
-    describe_gauge!(BACKFILL_ROWS_ESTIMATED, "Estimated rows to backfill, by table (pg_class.reltuples at start)");
-    describe_counter!(BACKFILL_ROWS_SUPERSEDED, "Backfill rows dropped because the stream changed them during their chunk's window");
+    describe_counter!(
+        WRITER_DEAD_LETTERS,
+        "Events the writer could not apply, by kind (the writer stops on them)"
+    );
+    describe_gauge!(
+        WRITER_CONSUMER_LAG_MESSAGES,
+        "Messages in the topic not yet applied (high watermark minus next offset)"
+    );
+    describe_counter!(
+        BACKFILL_ROWS,
+        "Pre-existing rows copied by backfill, by table"
+    );
+    describe_gauge!(
+        BACKFILL_ROWS_ESTIMATED,
+        "Estimated rows to backfill, by table (pg_class.reltuples at start)"
+    );
+    describe_counter!(
+        BACKFILL_ROWS_SUPERSEDED,
+        "Backfill rows dropped because the stream changed them during their chunk's window"
+    );
     describe_counter!(BACKFILL_CHUNKS, "Backfill chunks copied, by table");
-    describe_gauge!(BACKFILL_TABLE_DONE, "1 when the table's backfill is complete, by table");
-    describe_gauge!(CUTOVER_PHASE, "1 for the current phase label (replicate, cutover, cutover_ready, reverse)");
-    describe_counter!(CUTOVER_LEGACY_WRITES_AFTER_CUTOVER, "Legacy transactions that arrived after the cutover point (an alarm)");
+    describe_gauge!(
+        BACKFILL_TABLE_DONE,
+        "1 when the table's backfill is complete, by table"
+    );
+    describe_gauge!(
+        CUTOVER_PHASE,
+        "1 for the current phase label (replicate, cutover, cutover_ready, reverse)"
+    );
+    describe_counter!(
+        CUTOVER_LEGACY_WRITES_AFTER_CUTOVER,
+        "Legacy transactions that arrived after the cutover point (an alarm)"
+    );
     describe_gauge!(UP, "1 while the service runs, by component");
 }
 
@@ -135,38 +158,19 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// Serves `/metrics` on `addr` (when not empty). Must run inside the tokio runtime.
-pub fn init_metrics(addr: &str) -> Result<(), Error> {
-    let builder = metrics_exporter_prometheus::PrometheusBuilder::new().set_buckets_for_metric(
-        metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-        &[
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ],
-    );
-    let builder = builder
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full(WRITER_BATCH_CHANGES.into()),
-                &[1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 20000.0],
-            )
-        })
+/// Installs the Prometheus recorder and returns the handle that renders `/metrics`.
+pub fn init_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle, Error> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let latency = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let batch = [1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 20000.0];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WRITER_BATCH_CHANGES.into()), &batch))
+        .map_err(|e| Error::Config(format!("telemetry: {e}")))?
+        .install_recorder()
         .map_err(|e| Error::Config(format!("telemetry: {e}")))?;
-    if addr.is_empty() {
-        builder
-            .install_recorder()
-            .map_err(|e| Error::Config(format!("telemetry: {e}")))?;
-    } else {
-        let addr: SocketAddr = addr.parse().map_err(|e| {
-            Error::Config(format!(
-                "telemetry.metrics_addr: {addr:?} is not host:port ({e})"
-            ))
-        })?;
-        builder.with_http_listener(addr).install().map_err(|e| {
-            Error::Config(format!(
-                "telemetry.metrics_addr: cannot serve on {addr}: {e}"
-            ))
-        })?;
-    }
     describe();
-    Ok(())
+    Ok(handle)
 }

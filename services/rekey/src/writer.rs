@@ -50,7 +50,12 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
     publish::ensure_topic(&config.kafka).await?;
     let mut backoff = RETRY_START;
     loop {
-        match session(&config, &cancel).await {
+        let result = session(&config, &cancel).await;
+        crate::health::set_not_ready(match &result {
+            Ok(()) => "stopping".to_string(),
+            Err(e) => format!("not applying: {}", e.one_line()),
+        });
+        match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && !cancel.is_cancelled() => {
                 metrics::counter!(telemetry::ERRORS, "component" => "writer", "kind" => "retryable").increment(1);
@@ -106,7 +111,10 @@ async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
     let complete = !config.backfill.enabled || {
         let tables: Vec<String> = config.tables.iter().map(|t| t.target_name()).collect();
         let done: i64 = client
-            .query_one("SELECT count(*) FROM rekey.backfill WHERE done AND target_table = ANY($1)", &[&tables])
+            .query_one(
+                "SELECT count(*) FROM rekey.backfill WHERE done AND target_table = ANY($1)",
+                &[&tables],
+            )
             .await
             .map_err(Error::target_db("reading backfill progress"))?
             .get(0);
@@ -165,6 +173,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         .assign(&tpl)
         .map_err(Error::kafka("assigning the partition"))?;
     let position = saved.unwrap_or_default();
+    crate::health::set_ready();
     tracing::info!(topic = %topic, next_offset = position.next_offset, consistent_lsn = %lsn_text(position.commit_lsn), "applying");
     metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(position.commit_lsn as f64);
 
@@ -194,6 +203,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
                 if s.large.is_none() {
                     metrics::gauge!(telemetry::WRITER_LAG_SECONDS).set(0.0);
                 }
+                export_consumer_lag(&consumer, topic, s.position.next_offset);
                 continue;
             }
         };
@@ -272,6 +282,7 @@ impl Session<'_> {
         {
             let _ = consumer.commit(&tpl, CommitMode::Async);
         }
+        export_consumer_lag(consumer, topic, self.position.next_offset);
         Ok(())
     }
 
@@ -371,6 +382,28 @@ impl Session<'_> {
         Ok(())
     }
 }
+
+/// Messages in the partition not yet applied (asks the broker for the high watermark,
+/// at most once every [`CONSUMER_LAG_INTERVAL`]).
+fn export_consumer_lag(consumer: &StreamConsumer, topic: &str, next_offset: i64) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < CONSUMER_LAG_INTERVAL) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+    }
+    let high = tokio::task::block_in_place(|| {
+        consumer.fetch_watermarks(topic, publish::PARTITION, Duration::from_millis(500))
+    });
+    if let Ok((_, high)) = high {
+        metrics::gauge!(telemetry::WRITER_CONSUMER_LAG_MESSAGES)
+            .set((high - next_offset).max(0) as f64);
+    }
+}
+
+const CONSUMER_LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 fn now_micros() -> i64 {
     std::time::SystemTime::now()

@@ -167,7 +167,10 @@ async fn verify(
         print!("{report}");
         if let Some(path) = &json {
             std::fs::write(path, report.to_json() + "\n").map_err(|e| {
-                Error::Setup(format!("cannot write the JSON report to {}: {e}", path.display()))
+                Error::Setup(format!(
+                    "cannot write the JSON report to {}: {e}",
+                    path.display()
+                ))
             })?;
         }
     }

@@ -154,10 +154,11 @@ pub fn classify(
         }
     }
     for (i, r) in plan.rekeyed.iter().enumerate() {
-        let expected = match l.rekeyed.get(i).and_then(Option::as_deref) {
-            Some(v) => Some(uuids.shared(&r.entity, v)),
-            None => None,
-        };
+        let expected = l
+            .rekeyed
+            .get(i)
+            .and_then(Option::as_deref)
+            .map(|v| uuids.shared(&r.entity, v));
         if t.rekeyed.get(i).and_then(Option::as_deref) != expected {
             columns.push(r.target.clone());
         }
@@ -411,10 +412,16 @@ mod tests {
     fn a_faithful_copy_agrees() {
         let p = libraries_plan();
         let l = legacy(7, Some("3"), "d1");
-        assert_eq!(classify(&p, &rk(), Some(&l), Some(&target(7, Some("3"), "d1"))), None);
+        assert_eq!(
+            classify(&p, &rk(), Some(&l), Some(&target(7, Some("3"), "d1"))),
+            None
+        );
         // NULL stays NULL.
         let l = legacy(7, None, "d1");
-        assert_eq!(classify(&p, &rk(), Some(&l), Some(&target(7, None, "d1"))), None);
+        assert_eq!(
+            classify(&p, &rk(), Some(&l), Some(&target(7, None, "d1"))),
+            None
+        );
     }
 
     #[test]
@@ -424,7 +431,10 @@ mod tests {
         assert_eq!(classify(&p, &rk, Some(&l), None), Some(Finding::Missing));
         let mut t = target(7, Some("3"), "d1");
         t.deleted = true;
-        assert_eq!(classify(&p, &rk, Some(&l), Some(&t)), Some(Finding::WronglyDeleted));
+        assert_eq!(
+            classify(&p, &rk, Some(&l), Some(&t)),
+            Some(Finding::WronglyDeleted)
+        );
         // A soft-deleted row that is gone from legacy is what a delete leaves.
         assert_eq!(classify(&p, &rk, None, Some(&t)), None);
         let t = target(8, Some("3"), "d1");
@@ -436,7 +446,10 @@ mod tests {
         let t = target(7, Some("4"), "d2");
         assert_eq!(
             classify(&p, &rk, Some(&l), Some(&t)),
-            Some(Finding::Mismatch(vec!["prompt_lab_id".into(), CONTENT.into()]))
+            Some(Finding::Mismatch(vec![
+                "prompt_lab_id".into(),
+                CONTENT.into()
+            ]))
         );
         let mut t = target(7, Some("3"), "d1");
         t.id = Some(rk.uuid("prompt_libraries", "8").to_string());
@@ -493,7 +506,10 @@ mod tests {
         let (a, b) = pop_pair(&mut l, &mut t).unwrap();
         assert_eq!((a.unwrap().key, b), (RowKey::Id(1), None));
         let (a, b) = pop_pair(&mut l, &mut t).unwrap();
-        assert_eq!((a.unwrap().key, b.unwrap().key), (RowKey::Id(3), RowKey::Id(3)));
+        assert_eq!(
+            (a.unwrap().key, b.unwrap().key),
+            (RowKey::Id(3), RowKey::Id(3))
+        );
         // The legacy page is used up but the stream goes on: wait, even though the
         // target has row 4 buffered (legacy may still have a row 4).
         assert!(l.needs_page());
@@ -515,10 +531,16 @@ mod tests {
         let mut u = Uuids::new(&rk);
         for k in 0..(MEMO_MAX + 10) {
             let key = (k % (MEMO_MAX + 5)).to_string();
-            assert_eq!(u.shared("prompt_labs", &key), rk.uuid("prompt_labs", &key).to_string());
+            assert_eq!(
+                u.shared("prompt_labs", &key),
+                rk.uuid("prompt_labs", &key).to_string()
+            );
         }
         assert!(u.memo["prompt_labs"].len() <= MEMO_MAX);
-        assert_eq!(u.once("prompt_labs", "1"), rk.uuid("prompt_labs", "1").to_string());
+        assert_eq!(
+            u.once("prompt_labs", "1"),
+            rk.uuid("prompt_labs", "1").to_string()
+        );
     }
 
     #[test]

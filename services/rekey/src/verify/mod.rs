@@ -11,6 +11,7 @@
 //!   row is `extra`;
 //! - every foreign key of the target points at an existing row, and no live row points
 //!   at a soft-deleted parent (legacy would have cascaded).
+//!
 //! Target bookkeeping (`row_version`, `deleted_at`, an `organization_id` that is not
 //! derived) is not compared.
 //!
@@ -106,8 +107,12 @@ impl Default for Options {
 /// How the wait before the re-check ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
-    Reached { target_lsn: u64 },
-    TimedOut { target_lsn: Option<u64> },
+    Reached {
+        target_lsn: u64,
+    },
+    TimedOut {
+        target_lsn: Option<u64>,
+    },
     /// The target has no `rekey.checkpoint` (nothing ever applied by a writer).
     NoCheckpoint,
 }
@@ -206,7 +211,7 @@ impl fmt::Display for Progress {
 pub async fn run(
     config: &Config,
     opts: &Options,
-    on_progress: &mut dyn FnMut(&Progress),
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Report, Error> {
     for (url, field, var) in [
         (&config.source.url, "source.url", "REKEY_SOURCE_URL"),
@@ -245,10 +250,16 @@ pub async fn run(
         let (ts, tn) = t.target_parts();
         let l = plan::read_catalog(&legacy, ls, ln)
             .await
-            .map_err(Error::source_db(format!("reading the catalog of {}", t.source_name())))?;
+            .map_err(Error::source_db(format!(
+                "reading the catalog of {}",
+                t.source_name()
+            )))?;
         let c = plan::read_catalog(&target, ts, tn)
             .await
-            .map_err(Error::target_db(format!("reading the catalog of {}", t.target_name())))?;
+            .map_err(Error::target_db(format!(
+                "reading the catalog of {}",
+                t.target_name()
+            )))?;
         let p = TablePlan::new(config, t, &l, &c)?;
         soft_delete.insert(p.name.clone(), p.soft_delete);
         plans.push(p);
@@ -262,7 +273,9 @@ pub async fn run(
         } else {
             scan::scan_composite_table(&ctx, p, on_progress).await?
         };
-        let fks = p.foreign_keys(config, |name| soft_delete.get(name).copied().unwrap_or(false));
+        let fks = p.foreign_keys(config, |name| {
+            soft_delete.get(name).copied().unwrap_or(false)
+        });
         let dangling = scan::check_foreign_keys(&ctx, p, &fks).await?;
         first.push((scanned, fks, dangling));
     }

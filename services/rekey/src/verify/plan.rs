@@ -726,7 +726,10 @@ pub(crate) mod tests {
         let t = p.target_page_sql();
         let digest = r#"md5(ROW(t."name"::text, t."tags"::text)::text)"#;
         assert!(l.contains(digest) && t.contains(digest), "{l}\n{t}");
-        assert!(!t.contains("row_version") && !t.contains("organization_id"), "{t}");
+        assert!(
+            !t.contains("row_version") && !t.contains("organization_id"),
+            "{t}"
+        );
         assert_eq!(
             l,
             format!(
@@ -739,7 +742,11 @@ pub(crate) mod tests {
     fn derived_columns_are_rekeyed_and_their_source_is_copied() {
         let c = promptstudio();
         let legacy = catalog(
-            &[("id", "integer"), ("tenant_id", "integer"), ("name", "text")],
+            &[
+                ("id", "integer"),
+                ("tenant_id", "integer"),
+                ("name", "text"),
+            ],
             &["id"],
         );
         let target = catalog(
@@ -778,8 +785,14 @@ pub(crate) mod tests {
             "{t}"
         );
         let r = p.reverse_page_sql(false);
-        assert!(r.contains(r#"LEFT JOIN "public"."prompt_flows" p0 ON p0.id = t."prompt_flow_id""#), "{r}");
-        assert!(r.contains("($1::text::uuid, $2::text::integer)") && r.ends_with("LIMIT $3::bigint"), "{r}");
+        assert!(
+            r.contains(r#"LEFT JOIN "public"."prompt_flows" p0 ON p0.id = t."prompt_flow_id""#),
+            "{r}"
+        );
+        assert!(
+            r.contains("($1::text::uuid, $2::text::integer)") && r.ends_with("LIMIT $3::bigint"),
+            "{r}"
+        );
     }
 
     #[test]
@@ -792,7 +805,11 @@ pub(crate) mod tests {
             .to_string();
         assert!(err.contains("prompt_lab_id"), "{err}");
         let legacy = catalog(
-            &[("id", "integer"), ("prompt_lab_id", "integer"), ("name", "text")],
+            &[
+                ("id", "integer"),
+                ("prompt_lab_id", "integer"),
+                ("name", "text"),
+            ],
             &["id"],
         );
         let err = TablePlan::new(&c, &c.tables[1], &legacy, &target)
@@ -822,7 +839,13 @@ pub(crate) mod tests {
             }]
         );
         let sql = p.fk_sql(&fks[0], false);
-        assert!(sql.contains(r#"LEFT JOIN "public"."prompt_labs" p ON p.id = c."prompt_lab_id""#), "{sql}");
-        assert!(sql.contains("c.deleted_at IS NULL AND p.deleted_at IS NOT NULL"), "{sql}");
+        assert!(
+            sql.contains(r#"LEFT JOIN "public"."prompt_labs" p ON p.id = c."prompt_lab_id""#),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("c.deleted_at IS NULL AND p.deleted_at IS NOT NULL"),
+            "{sql}"
+        );
     }
 }

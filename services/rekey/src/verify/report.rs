@@ -112,7 +112,15 @@ fn json_str(s: &str) -> String {
 }
 
 const HEADERS: [&str; 9] = [
-    "table", "legacy", "live", "deleted", "missing", "extra", "mismatch", "wr_deleted", "dangling",
+    "table",
+    "legacy",
+    "live",
+    "deleted",
+    "missing",
+    "extra",
+    "mismatch",
+    "wr_deleted",
+    "dangling",
 ];
 
 impl fmt::Display for Report {
@@ -154,7 +162,11 @@ impl fmt::Display for Report {
         for r in &rows {
             line(f, &r.each_ref().map(String::as_str))?;
         }
-        for t in self.tables.iter().filter(|t| !t.first_differences.is_empty()) {
+        for t in self
+            .tables
+            .iter()
+            .filter(|t| !t.first_differences.is_empty())
+        {
             writeln!(f, "{}:", t.table)?;
             for d in &t.first_differences {
                 writeln!(f, "  {d}")?;
@@ -230,7 +242,10 @@ mod tests {
     #[test]
     fn json_has_every_field_and_escapes_strings() {
         let j = report().to_json();
-        assert!(j.starts_with("{\"clean\":false,\"legacy_rows\":1020,"), "{j}");
+        assert!(
+            j.starts_with("{\"clean\":false,\"legacy_rows\":1020,"),
+            "{j}"
+        );
         assert!(j.contains("\"table\":\"public.prompt_labs\",\"clean\":true,\"legacy_rows\":120,\"target_live_rows\":120,\"target_deleted_rows\":3,\"missing\":0,\"extra\":0,\"mismatched\":0,\"wrongly_deleted\":0,\"dangling_fks\":0,\"first_differences\":[]"), "{j}");
         assert!(j.contains(r#""first_differences":["missing legacy_id=42","mismatch legacy_id=7 column \"name\""]"#), "{j}");
         assert_eq!(json_str("a\u{1}\n"), "\"a\\u0001\\n\"");
@@ -240,11 +255,17 @@ mod tests {
     fn text_is_an_aligned_table_with_the_differences_below() {
         let text = report().to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("table  ") && lines[0].ends_with("dangling"), "{text}");
+        assert!(
+            lines[0].starts_with("table  ") && lines[0].ends_with("dangling"),
+            "{text}"
+        );
         assert_eq!(lines[0].len(), lines[1].len(), "{text}");
         assert!(lines[2].starts_with("public.prompt_templates"), "{text}");
         assert_eq!(lines[3], "public.prompt_templates:");
         assert_eq!(lines[4], "  missing legacy_id=42");
-        assert!(text.ends_with("verify: 1 of 2 tables differ (1.5s, 680 rows/s)\n"), "{text}");
+        assert!(
+            text.ends_with("verify: 1 of 2 tables differ (1.5s, 680 rows/s)\n"),
+            "{text}"
+        );
     }
 }

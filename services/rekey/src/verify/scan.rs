@@ -48,7 +48,7 @@ struct Meter<'p> {
     last: Instant,
     rows: u64,
     chunks: u64,
-    on_progress: &'p mut dyn FnMut(&Progress),
+    on_progress: &'p mut (dyn FnMut(&Progress) + Send),
     every: std::time::Duration,
 }
 
@@ -147,7 +147,7 @@ async fn estimate(ctx: &Ctx<'_>, plan: &TablePlan) -> Result<Option<u64>, Error>
 async fn meter<'p>(
     ctx: &Ctx<'_>,
     plan: &TablePlan,
-    on_progress: &'p mut dyn FnMut(&Progress),
+    on_progress: &'p mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Meter<'p>, Error> {
     Ok(Meter {
         table: plan.name.clone(),
@@ -168,7 +168,7 @@ async fn meter<'p>(
 pub(super) async fn scan_id_table(
     ctx: &Ctx<'_>,
     plan: &TablePlan,
-    on_progress: &mut dyn FnMut(&Progress),
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Scanned, Error> {
     let mut meter = meter(ctx, plan, on_progress).await?;
     let mut uuids = Uuids::new(ctx.rk);
@@ -269,7 +269,8 @@ async fn page_after(
 }
 
 fn params<'a>(strings: &'a [String], extra: &'a (dyn ToSql + Sync)) -> Vec<&'a (dyn ToSql + Sync)> {
-    let mut p: Vec<&(dyn ToSql + Sync)> = strings.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
+    let mut p: Vec<&(dyn ToSql + Sync)> =
+        strings.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
     p.push(extra);
     p
 }
@@ -291,7 +292,7 @@ fn array_params(arrays: &[Vec<String>]) -> Vec<&(dyn ToSql + Sync)> {
 pub(super) async fn scan_composite_table(
     ctx: &Ctx<'_>,
     plan: &TablePlan,
-    on_progress: &mut dyn FnMut(&Progress),
+    on_progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<Scanned, Error> {
     let width = plan.key_names().len();
     let mut meter = meter(ctx, plan, on_progress).await?;
@@ -428,8 +429,9 @@ async fn name_extras(ctx: &Ctx<'_>, plan: &TablePlan, tally: &mut Tally) -> Resu
             .iter()
             .map(|r| {
                 let target: Vec<String> = (0..width).map(|j| r.get(j)).collect();
-                let legacy: Option<Vec<String>> =
-                    (0..width).map(|j| r.get::<_, Option<String>>(width + j)).collect();
+                let legacy: Option<Vec<String>> = (0..width)
+                    .map(|j| r.get::<_, Option<String>>(width + j))
+                    .collect();
                 (target, legacy)
             })
             .collect();
