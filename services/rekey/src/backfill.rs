@@ -151,6 +151,83 @@ pub async fn save_progress(
     Ok(())
 }
 
+/// Whether every configured table's backfill is recorded as done.
+pub async fn all_done(target: &Client, config: &Config) -> Result<bool, Error> {
+    let tables: Vec<String> = config.tables.iter().map(|t| t.target_name()).collect();
+    let done: i64 = target
+        .query_one(
+            "SELECT count(*) FROM rekey.backfill WHERE done AND target_table = ANY($1)",
+            &[&tables],
+        )
+        .await
+        .map_err(Error::target_db("reading backfill progress"))?
+        .get(0);
+    Ok(done as usize == tables.len())
+}
+
+/// Removes soft-deleted rows whose parent never reached the new store.
+///
+/// While backfill runs, the stream can carry a row whose parent is not copied yet (a
+/// template forked from a seeded one). If the parent is then deleted in legacy before its
+/// chunk is read, it never arrives, and the child (deleted too, by the cascade) is left
+/// soft-deleted with a foreign key that points at nothing. Such rows carry no data
+/// anyone can reach and would fail foreign-key validation, so when backfill completes
+/// they are removed, children first, until none is left. Live rows are never touched:
+/// a live row with a dangling foreign key is a divergence for `rekeyctl verify` to report.
+/// Runs in the writer's transaction that records the last table as done.
+pub async fn purge_orphans(target: &Client, config: &Config) -> Result<u64, Error> {
+    let mut total = 0u64;
+    loop {
+        let mut pass = 0u64;
+        for child in config.tables.iter().rev() {
+            let (cs, cn) = child.target_parts();
+            let soft: bool = target
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 AND column_name = 'deleted_at')",
+                    &[&cs, &cn],
+                )
+                .await
+                .map_err(Error::target_db("reading the target catalog"))?
+                .get(0);
+            if !soft {
+                continue;
+            }
+            for (column, entity) in &child.references {
+                let Some(parent) = config
+                    .tables
+                    .iter()
+                    .find(|p| p.entity() == entity && p.id.is_some())
+                else {
+                    continue;
+                };
+                let (ps, pn) = parent.target_parts();
+                let sql = format!(
+                    "DELETE FROM {} c WHERE c.deleted_at IS NOT NULL AND c.{col} IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})",
+                    quote_qualified(cs, cn),
+                    quote_qualified(ps, pn),
+                    col = quote_ident(column)
+                );
+                pass += target
+                    .execute(&sql, &[])
+                    .await
+                    .map_err(Error::target_db(format!(
+                        "purging orphans of {}",
+                        child.target_name()
+                    )))?;
+            }
+        }
+        total += pass;
+        if pass == 0 {
+            break;
+        }
+    }
+    if total > 0 {
+        tracing::info!(rows = total, "removed soft-deleted rows whose parents were deleted in legacy before backfill copied them");
+    }
+    Ok(total)
+}
+
 /// Builds the tables to copy, from the source catalog and the config.
 pub fn tables(config: &Config, catalog: &SourceCatalog) -> Result<Vec<Arc<BackfillTable>>, Error> {
     let mut out = Vec::new();

@@ -108,18 +108,7 @@ struct Session<'a> {
 /// `origin`, so foreign keys are enforced (deferred, at each commit) from then on.
 /// `rekeyctl verify` checks the foreign keys of the rows written meanwhile.
 async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
-    let complete = !config.backfill.enabled || {
-        let tables: Vec<String> = config.tables.iter().map(|t| t.target_name()).collect();
-        let done: i64 = client
-            .query_one(
-                "SELECT count(*) FROM rekey.backfill WHERE done AND target_table = ANY($1)",
-                &[&tables],
-            )
-            .await
-            .map_err(Error::target_db("reading backfill progress"))?
-            .get(0);
-        done as usize == tables.len()
-    };
+    let complete = !config.backfill.enabled || crate::backfill::all_done(client, config).await?;
     let role = if complete { "origin" } else { "replica" };
     client.batch_execute(&format!("SET session_replication_role = {role}")).await.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
@@ -365,7 +354,15 @@ impl Session<'_> {
             if txn.last {
                 if let Some(progress) = &txn.backfill {
                     crate::backfill::save_progress(&self.client, progress).await?;
-                    self.backfill_table_done |= progress.done;
+                    if progress.done
+                        && !self.fk_enforced
+                        && crate::backfill::all_done(&self.client, self.config).await?
+                    {
+                        // The same transaction that records the end of backfill removes
+                        // what can never be valid (see purge_orphans).
+                        crate::backfill::purge_orphans(&self.client, self.config).await?;
+                        self.backfill_table_done = true;
+                    }
                 }
                 self.large = None;
                 self.position.commit_lsn = pos.commit_lsn;

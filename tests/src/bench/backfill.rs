@@ -21,6 +21,7 @@ use crate::pg::Pg;
 use crate::pipeline::{Pipeline, DB, SECRET};
 
 use super::native;
+use super::procstat::{self, Probe};
 
 /// One timed copy.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct Copy {
     /// Ok, or what differs.
     pub check: Result<(), String>,
     pub check_method: &'static str,
+    /// CPU per component during the copy, % of one core.
+    pub cpu: Vec<(String, f64)>,
 }
 
 impl Copy {
@@ -103,6 +106,13 @@ pub async fn pg_dump(legacy: &Pg, dest: &Pg) -> Copy {
 
     let bindir = legacy.bindir().to_path_buf();
     let (src_port, dst_port) = (legacy.port, dest.port);
+    let probes = [
+        Probe::cluster("legacy pg", legacy.dir()),
+        Probe::cluster("copy pg", dest.dir()),
+        Probe::finished_children("pg_dump+psql"),
+        Probe::machine(),
+    ];
+    let cpu0 = procstat::snapshot(&probes);
     let began = Instant::now();
     let status = tokio::task::spawn_blocking(move || {
         let client_cmd = |name: &str| {
@@ -142,6 +152,7 @@ pub async fn pg_dump(legacy: &Pg, dest: &Pg) -> Copy {
     .await
     .expect("pg_dump | psql task");
     let elapsed = began.elapsed();
+    let cpu = procstat::usage(&probes, &cpu0, &procstat::snapshot(&probes));
     let (dump, psql) = status;
     let check = if !dump.status.success() || !psql.status.success() {
         Err(format!(
@@ -166,6 +177,7 @@ pub async fn pg_dump(legacy: &Pg, dest: &Pg) -> Copy {
         elapsed,
         check,
         check_method: "row count and row-hash sum per table",
+        cpu,
     }
 }
 
@@ -179,6 +191,12 @@ pub async fn native_sync(legacy: &Pg, subscriber: &Pg) -> Copy {
     let expected = fingerprints(&legacy_client).await;
     let rows = expected.iter().map(|(_, n, _)| *n as u64).sum();
     native::publish(&legacy_client, NAME, &rekey_workload::TABLES).await;
+    let probes = [
+        Probe::cluster("legacy pg", legacy.dir()),
+        Probe::cluster("subscriber pg", subscriber.dir()),
+        Probe::machine(),
+    ];
+    let cpu0 = procstat::snapshot(&probes);
     let began = Instant::now();
     native::subscribe(&sub, NAME, legacy, DB).await;
     native::wait_ready(
@@ -189,6 +207,7 @@ pub async fn native_sync(legacy: &Pg, subscriber: &Pg) -> Copy {
     )
     .await;
     let elapsed = began.elapsed();
+    let cpu = procstat::usage(&probes, &cpu0, &procstat::snapshot(&probes));
     native::unsubscribe(&sub, NAME).await;
     native::unpublish(&legacy_client, NAME).await;
     let check = same(&expected, &fingerprints(&sub).await);
@@ -199,18 +218,21 @@ pub async fn native_sync(legacy: &Pg, subscriber: &Pg) -> Copy {
         elapsed,
         check,
         check_method: "row count and row-hash sum per table",
+        cpu,
     }
 }
 
 /// Starts rekey's reader and writer (backfill on) and times the copy (see the module
 /// doc). They keep running afterwards: the streaming phase uses them.
-pub async fn rekey(p: &mut Pipeline, chunk_rows: usize) -> Copy {
+pub async fn rekey(p: &mut Pipeline, settings: &str) -> Copy {
     let legacy = p.legacy_client().await;
     let rows = legacy_rows(&legacy).await;
     let tables = p.config().tables.len() as i64;
     let began = Instant::now();
     p.start_reader();
     p.start_writer();
+    let probes = super::rekey_probes(p);
+    let cpu0 = procstat::snapshot(&probes);
     let target = p.target_client().await;
     let deadline = Duration::from_secs(3600);
     loop {
@@ -244,16 +266,18 @@ pub async fn rekey(p: &mut Pipeline, chunk_rows: usize) -> Copy {
         .await
         .expect("the writer applies everything up to the end of backfill");
     let elapsed = began.elapsed();
+    let cpu = procstat::usage(&probes, &cpu0, &procstat::snapshot(&probes));
     let check = rekey_check(p, &legacy).await;
     Copy {
         method: "rekey",
         description: format!(
-            "legacy → reader → broker → writer → new, keys rekeyed (chunk_rows = {chunk_rows}, FKs not firing until done)"
+            "legacy → reader → broker → writer → new, keys rekeyed ({settings}; FKs not firing until done)"
         ),
         rows,
         elapsed,
         check,
         check_method: "rekey_tests::compare: every live row, keys and FKs rekeyed",
+        cpu,
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Options {
     pub drain_bound_secs: Option<f64>,
     pub only: Option<Only>,
     pub chunk_rows: usize,
+    /// librdkafka settings added to (or replacing) the config's `[kafka.options]`.
+    pub kafka_options: Vec<(String, String)>,
     pub clients: u32,
     pub jobs: u32,
     pub out: PathBuf,
@@ -72,8 +74,8 @@ pub struct Options {
 
 pub const USAGE: &str = "usage: rekey-bench [--scale F] [--seed N] [--only backfill|streaming]
                    [--steps \"500,1000,2000,4000,8000,max\"] [--step-secs N]
-                   [--drain-bound-secs S] [--chunk-rows N] [--clients N] [--jobs N]
-                   [--out PATH]";
+                   [--drain-bound-secs S] [--chunk-rows N] [--kafka-option KEY=VALUE]…
+                   [--clients N] [--jobs N] [--out PATH]";
 
 /// Rows per backfill chunk the bench runs rekey with (the product default is 5000; see
 /// the README of the measured figures for why this one).
@@ -93,6 +95,7 @@ impl Default for Options {
             drain_bound_secs: None,
             only: None,
             chunk_rows: BENCH_CHUNK_ROWS,
+            kafka_options: Vec::new(),
             clients: 4,
             jobs: 2,
             out: default_out(),
@@ -167,6 +170,13 @@ impl Options {
                     if o.chunk_rows == 0 {
                         return Err("--chunk-rows must be at least 1".into());
                     }
+                }
+                "--kafka-option" => {
+                    let v = value()?;
+                    let (k, v) = v
+                        .split_once('=')
+                        .ok_or_else(|| format!("--kafka-option {v}: use KEY=VALUE"))?;
+                    o.kafka_options.push((k.trim().into(), v.trim().into()));
                 }
                 "--clients" => o.clients = num(&flag, &value()?)?,
                 "--jobs" => o.jobs = num(&flag, &value()?)?,
@@ -244,16 +254,28 @@ impl Report {
     }
 }
 
-/// The config rekey runs with in the bench: the shipped PromptStudio mapping, backfill
-/// chunk size as given.
-pub fn rekey_config(chunk_rows: usize) -> String {
-    format!(
-        "{}\n[backfill]\nchunk_rows = {chunk_rows}\n",
-        promptstudio_config()
-    )
+/// The config rekey runs with in the bench: the shipped PromptStudio mapping with the
+/// backfill chunk size and any librdkafka settings from the command line.
+pub fn rekey_config(o: &Options) -> String {
+    use toml::{Table, Value};
+    let mut doc: Table = promptstudio_config()
+        .parse()
+        .expect("the shipped PromptStudio config parses");
+    fn table<'a>(t: &'a mut Table, key: &str) -> &'a mut Table {
+        t.entry(key)
+            .or_insert_with(|| Value::Table(Table::new()))
+            .as_table_mut()
+            .unwrap_or_else(|| panic!("{key} is not a table"))
+    }
+    table(&mut doc, "backfill").insert("chunk_rows".into(), Value::Integer(o.chunk_rows as i64));
+    let options = table(table(&mut doc, "kafka"), "options");
+    for (k, v) in &o.kafka_options {
+        options.insert(k.clone(), Value::String(v.clone()));
+    }
+    toml::to_string(&doc).expect("config serialises")
 }
 
-/// Reader, writer, broker and the clusters rekey involves, plus this program's children.
+/// Reader, writer, broker and the clusters rekey involves.
 pub fn rekey_probes(p: &Pipeline) -> Vec<Probe> {
     let mut v = Vec::new();
     if let Some(r) = &p.reader {
@@ -267,7 +289,7 @@ pub fn rekey_probes(p: &Pipeline) -> Vec<Probe> {
     }
     v.push(Probe::cluster("legacy pg", p.legacy.dir()));
     v.push(Probe::cluster("target pg", p.target.dir()));
-    v.push(Probe::finished_children("pgbench"));
+    v.push(Probe::machine());
     v
 }
 
@@ -276,6 +298,7 @@ fn native_probes(legacy: &Pg, subscriber: &Pg) -> Vec<Probe> {
         Probe::cluster("legacy pg", legacy.dir()),
         Probe::cluster("subscriber pg", subscriber.dir()),
         Probe::finished_children("pgbench"),
+        Probe::machine(),
     ]
 }
 
@@ -286,7 +309,7 @@ pub async fn run(options: Options) -> Report {
     println!("starting a legacy, a rekey target and a subscriber PostgreSQL and a tansu broker on loopback…");
     let (legacy, target, subscriber, broker) =
         tokio::join!(Pg::start(), Pg::start(), Pg::start(), Broker::start());
-    let mut p = Pipeline::assemble(legacy, target, broker, &rekey_config(options.chunk_rows)).await;
+    let mut p = Pipeline::assemble(legacy, target, broker, &rekey_config(&options)).await;
     subscriber.create_database(DB).await;
     subscriber
         .connect(DB)
@@ -349,11 +372,17 @@ pub async fn run(options: Options) -> Report {
         print_copy(&c);
         report.backfill.push(c);
     }
-    println!(
-        "backfill: rekey (reader + writer, chunk_rows = {})…",
-        options.chunk_rows
-    );
-    let c = backfill::rekey(&mut p, options.chunk_rows).await;
+    let settings = std::iter::once(format!("chunk_rows = {}", options.chunk_rows))
+        .chain(
+            options
+                .kafka_options
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}")),
+        )
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("backfill: rekey (reader + writer, {settings})…");
+    let c = backfill::rekey(&mut p, &settings).await;
     print_copy(&c);
     report.backfill.insert(0, c);
 
@@ -392,7 +421,7 @@ pub async fn run(options: Options) -> Report {
 
 fn print_copy(c: &backfill::Copy) {
     println!(
-        "  {:<8} {:>9} rows in {:>7.2}s = {:>9.0} rows/s  {}",
+        "  {:<8} {:>9} rows in {:>7.2}s = {:>9.0} rows/s  {}  cpu: {}",
         c.method,
         c.rows,
         c.elapsed.as_secs_f64(),
@@ -400,7 +429,8 @@ fn print_copy(c: &backfill::Copy) {
         match &c.check {
             Ok(()) => "(checked: equal)".to_string(),
             Err(e) => format!("WRONG: {e}"),
-        }
+        },
+        report::cpu_text(&c.cpu)
     );
 }
 
@@ -452,7 +482,8 @@ async fn rekey_streaming(p: &Pipeline, mix: &pgbench::Mix, plan: &Plan) -> Strea
     let consumer = Consumer::Rekey {
         target: p.target_client().await,
     };
-    let probes = rekey_probes(p);
+    let mut probes = rekey_probes(p);
+    probes.insert(probes.len() - 1, Probe::finished_children("pgbench"));
     let bench = streaming::Bench {
         legacy: &p.legacy,
         legacy_client: &legacy,
@@ -531,6 +562,7 @@ async fn native_streaming(
             Err(format!("subscriber differs after re-sync: {actual:?}"))
         },
         check_method: "row count and row-hash sum per table",
+        cpu: Vec::new(),
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -622,6 +654,26 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Option<Options>, String> {
         Options::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn the_bench_config_carries_its_settings() {
+        let mut o = parse(&[
+            "--chunk-rows",
+            "777",
+            "--kafka-option",
+            "compression.type=none",
+        ])
+        .unwrap()
+        .unwrap();
+        let c = rekey::config::Config::parse(&rekey_config(&o)).unwrap();
+        assert_eq!(c.backfill.chunk_rows, 777);
+        assert_eq!(c.kafka.options["compression.type"], "none");
+        assert_eq!(c.tables.len(), 9);
+        o.kafka_options.clear();
+        let c = rekey::config::Config::parse(&rekey_config(&o)).unwrap();
+        assert_eq!(c.kafka.options["compression.type"], "lz4");
+        assert!(rekey_config(&o).contains("heartbeat_interval_secs = 10"));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum Source {
     Cluster(PathBuf),
     /// This program's own children that have exited and been reaped (pgbench runs).
     FinishedChildren,
+    /// Every CPU of the machine, busy time (`/proc/stat`): set against the other probes,
+    /// it shows how much of the machine went to processes outside the bench.
+    Machine,
 }
 
 /// A named component to watch.
@@ -44,6 +47,13 @@ impl Probe {
         Probe {
             name: name.into(),
             source: Source::Cluster(pg_dir.join("data")),
+        }
+    }
+
+    pub fn machine() -> Probe {
+        Probe {
+            name: "machine".into(),
+            source: Source::Machine,
         }
     }
 
@@ -149,10 +159,24 @@ fn all_processes() -> Vec<Stat> {
         .collect()
 }
 
+/// user + nice + system + irq + softirq + steal of the `cpu` line of `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum())
+}
+
 fn ticks(source: &Source, procs: &[Stat]) -> Option<u64> {
     match source {
         Source::Process(pid) => procs.iter().find(|s| s.pid == *pid).map(|s| s.own),
         Source::FinishedChildren => read_stat("self").map(|s| s.children),
+        Source::Machine => machine_busy_ticks(),
         Source::Cluster(data) => {
             let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
             let postmaster: u32 = pid_file.lines().next()?.trim().parse().ok()?;

@@ -20,6 +20,14 @@ fn mib(b: Option<u64>) -> String {
     })
 }
 
+/// `name 12, other 34` (percent of one core).
+pub fn cpu_text(cpu: &[(String, f64)]) -> String {
+    cpu.iter()
+        .map(|(n, v)| format!("{n} {v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// 1234567 → "1,234,567".
 fn thousands(v: f64) -> String {
     let s = format!("{:.0}", v.max(0.0));
@@ -86,6 +94,7 @@ pub fn table(r: &Report) -> String {
         }
         for c in &r.backfill {
             let _ = writeln!(t, "    {:<8} {}", c.method, c.description);
+            let _ = writeln!(t, "    {:<8} cpu % of one core: {}", "", cpu_text(&c.cpu));
         }
     }
 
@@ -127,7 +136,7 @@ pub fn table(r: &Report) -> String {
             }
         }
 
-        let _ = writeln!(t, "\n  steps (CPU in % of one core during the load)");
+        let _ = writeln!(t, "\n  steps (CPU in % of one core during the load; machine: all CPUs, busy, any process)");
         let _ = writeln!(
             t,
             "  {:<8} {:>8} {:>8} {:>10} {:>13} {:>8}  {:<44} cpu",
@@ -146,11 +155,7 @@ pub fn table(r: &Report) -> String {
                     st.drain
                         .map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())),
                     st.verdict,
-                    st.cpu
-                        .iter()
-                        .map(|(n, v)| format!("{n} {v:.0}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    cpu_text(&st.cpu)
                 );
             }
         }
@@ -175,6 +180,7 @@ fn copy_json(c: &Copy) -> Value {
         "seconds": c.elapsed.as_secs_f64(),
         "rows_per_sec": c.rows_per_sec(),
         "check": { "method": c.check_method, "ok": c.check.is_ok(), "error": c.check.as_ref().err() },
+        "cpu_percent_of_one_core": c.cpu.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
@@ -251,6 +257,7 @@ pub fn json(r: &Report) -> Value {
             "pgbench_jobs": o.jobs,
             "pgbench_mix_percent": super::pgbench::Mix::weights().into_iter().map(|(k, w)| (k.to_string(), json!(w))).collect::<serde_json::Map<_, _>>(),
             "rekey_backfill_chunk_rows": o.chunk_rows,
+            "rekey_kafka_options_overridden": o.kafka_options.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "build": r.build,
             "cpus": r.cpus,
             "postgres": r.postgres,

@@ -1,11 +1,15 @@
 //! `make demo`: a full rekey migration on throwaway local servers.
 //!
 //! Starts a legacy and a new PostgreSQL and a broker on loopback, creates the
-//! PromptStudio schemas, starts `rekey-reader` and `rekey-writer`, drives a live
-//! insert/update/delete workload on the legacy database while printing progress, then
-//! waits for the new store to catch up, compares the two stores and stops everything.
+//! PromptStudio schemas and seeds the legacy database (rows that exist before the
+//! migration starts: they arrive by backfill), starts `rekey-reader` and `rekey-writer`,
+//! drives a live insert/update/delete workload on the legacy database while printing
+//! progress, waits for the new store to catch up, compares the two stores (an independent
+//! comparison, then `rekeyctl verify`'s), flips the cutover flag and waits for
+//! `cutover_ready`, and stops everything.
 //!
-//! Usage: `rekey-demo [--duration SECS] [--rate TXN_PER_SEC]` (defaults: 30 s, 200/s).
+//! Usage: `rekey-demo [--duration SECS] [--rate TXN_PER_SEC] [--scale F]`
+//! (defaults: 30 s, 200 txn/s, scale 0.05 ≈ 15k pre-existing rows).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -13,17 +17,19 @@ use std::time::{Duration, Instant};
 use rekey_tests::compare::{compare, summary};
 use rekey_tests::pipeline::SECRET;
 use rekey_tests::scrape::{scrape, sum};
-use rekey_tests::Pipeline;
+use rekey_tests::{wait_until, Pipeline};
 
 struct Args {
     duration: Duration,
     rate: f64,
+    scale: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         duration: Duration::from_secs(30),
         rate: 200.0,
+        scale: 0.05,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -40,8 +46,14 @@ fn parse_args() -> Result<Args, String> {
                 let v = value("--rate")?;
                 args.rate = v.parse().map_err(|_| format!("--rate {v}: not a number"))?;
             }
+            "--scale" => {
+                let v = value("--scale")?;
+                args.scale = v
+                    .parse()
+                    .map_err(|_| format!("--scale {v}: not a number"))?;
+            }
             "-h" | "--help" => {
-                println!("usage: rekey-demo [--duration SECS] [--rate TXN_PER_SEC]");
+                println!("usage: rekey-demo [--duration SECS] [--rate TXN_PER_SEC] [--scale F]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -69,21 +81,34 @@ async fn main() -> ExitCode {
         "  config  {} (deploy/promptstudio/rekey.toml)",
         p.config_path.display()
     );
+    if args.scale > 0.0 {
+        let legacy = p.legacy_client().await;
+        match rekey_workload::seed(&legacy, args.scale, 42).await {
+            Ok(s) => println!(
+                "seeded the legacy database with {} rows (scale {}): they arrive by backfill",
+                s.total(),
+                args.scale
+            ),
+            Err(e) => {
+                eprintln!("rekey-demo: error: seeding failed: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     println!(
         "starting rekey-reader (metrics :{}) and rekey-writer (metrics :{})…",
         p.reader_metrics, p.writer_metrics
     );
     p.start().await;
     println!(
-        "streaming. Live workload: {:.0} txn/s for {}s on the legacy database.\n",
+        "streaming and backfilling. Live workload: {:.0} txn/s for {}s on the legacy database.\n",
         args.rate,
         args.duration.as_secs()
     );
 
     let mut legacy = p.legacy_client().await;
     let workload = tokio::spawn({
-        let duration = args.duration;
-        let rate = args.rate;
+        let (duration, rate) = (args.duration, args.rate);
         async move {
             let mut w = rekey_workload::Workload::new(42);
             let opts = rekey_workload::RunOptions {
@@ -96,8 +121,8 @@ async fn main() -> ExitCode {
     });
 
     println!(
-        "{:>6}  {:>10}  {:>10}  {:>10}  {:>12}  {:>8}",
-        "time", "read", "published", "applied", "lag (bytes)", "lag (s)"
+        "{:>6}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}  {:>8}",
+        "time", "read", "backfilled", "published", "applied", "lag (bytes)", "lag (s)"
     );
     let started = Instant::now();
     let monitor = p.legacy_client().await;
@@ -120,8 +145,9 @@ async fn main() -> ExitCode {
                 .and_then(|r| r.get::<_, Option<i64>>(0))
                 .unwrap_or(0);
             println!(
-                "{label:>6}  {:>10}  {:>10}  {:>10}  {:>12}  {:>8.2}",
+                "{label:>6}  {:>10}  {:>10}  {:>10}  {:>10}  {:>12}  {:>8.2}",
                 sum(&r, "rekey_reader_events_read_total"),
+                sum(&r, "rekey_backfill_rows_total"),
                 sum(&r, "rekey_reader_events_published_total"),
                 sum(&w, "rekey_writer_events_applied_total"),
                 (current - applied).max(0),
@@ -144,20 +170,32 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    println!("\nworkload done: {stats:?}");
-    println!("waiting for the new store to catch up…");
+    println!("\nworkload done: {stats}");
+    println!("waiting for backfill to finish and the new store to catch up…");
     let t = Instant::now();
-    p.wait_caught_up(Duration::from_secs(120)).await;
+    wait_until("backfill to finish", Duration::from_secs(600), || async {
+        target
+            .query_one(
+                "SELECT count(*) FILTER (WHERE done) FROM rekey.backfill",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 9)
+            .unwrap_or(false)
+    })
+    .await;
+    p.wait_caught_up(Duration::from_secs(300)).await;
     print_progress("final".into()).await;
     println!("caught up in {:.1}s\n", t.elapsed().as_secs_f64());
 
-    println!("comparing the new store with the legacy one (keys translated, every column)…");
-    let config = {
-        let mut c = rekey::config::Config::parse(rekey_tests::pipeline::promptstudio_config())
-            .expect("config");
-        c.rekey.secret = rekey::config::Secret::new(SECRET);
-        c
-    };
+    println!("1. an independent comparison of the two stores (keys translated, every column)…");
+    let mut config = p.config();
+    config.apply_env(|k| {
+        p.env()
+            .into_iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v)
+    });
     let legacy = p.legacy_client().await;
     let diffs = compare(&legacy, &target, &config, SECRET).await;
     println!(
@@ -176,25 +214,72 @@ async fn main() -> ExitCode {
     }
     let equal = diffs.iter().all(|d| d.is_equal());
 
+    println!("\n2. rekeyctl verify (checksums with translated keys, foreign keys, soft deletes)…");
+    let report =
+        match rekey::verify::run(&config, &rekey::verify::Options::default(), &mut |_| {}).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("rekey-demo: error: verify failed: {}", e.one_line());
+                return ExitCode::from(1);
+            }
+        };
+    print!("{report}");
+
+    println!("\n3. cutover: the application stops writing; set phase = \"cutover\" in the config…");
+    let text = std::fs::read_to_string(&p.config_path).unwrap_or_default();
+    let _ = std::fs::write(&p.config_path, format!("phase = \"cutover\"\n{text}"));
+    let t = Instant::now();
+    wait_until("cutover_ready", Duration::from_secs(300), || async {
+        target
+            .query_opt("SELECT state FROM rekey.status", &[])
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|r| matches!(r.get::<_, &str>(0), "cutover_ready" | "failed"))
+    })
+    .await;
+    let row = target
+        .query_one(
+            "SELECT state, drain_seconds, coalesce(detail, '') FROM rekey.status",
+            &[],
+        )
+        .await;
+    let cutover_ok = match row {
+        Ok(r) => {
+            let (state, drain, detail): (String, Option<f64>, String) =
+                (r.get(0), r.get(1), r.get(2));
+            println!(
+                "   state {state} after {:.1}s (drained in {:.2}s, foreign keys validated, verified) {detail}",
+                t.elapsed().as_secs_f64(),
+                drain.unwrap_or_default()
+            );
+            state == "cutover_ready"
+        }
+        Err(e) => {
+            println!("   cannot read rekey.status: {e}");
+            false
+        }
+    };
+
     println!("\nstopping rekey-reader and rekey-writer (SIGTERM)…");
     for s in [p.reader.as_mut(), p.writer.as_mut()].into_iter().flatten() {
         s.sigterm();
     }
     for s in [p.reader.as_mut(), p.writer.as_mut()].into_iter().flatten() {
-        match s.wait_exit(Duration::from_secs(30)).await {
+        match s.wait_exit(Duration::from_secs(50)).await {
             Some(status) if status.success() => {}
             other => println!("  a service did not stop cleanly: {other:?}"),
         }
     }
-    if equal {
-        println!("\nOK: the new store matches the legacy store (every live row, every key and foreign key rekeyed; deletes soft-deleted).");
+    if equal && report.is_clean() && cutover_ok {
+        println!("\nOK: the new store matches the legacy store (every live row, every key and foreign key rekeyed; deletes soft-deleted), and it is ready for cutover.");
         println!("stopping the servers and removing their data.");
         ExitCode::SUCCESS
     } else {
         for d in diffs.iter().filter(|d| !d.is_equal()) {
             println!("{d:#?}");
         }
-        println!("\nFAILED: the new store differs from the legacy store (details above).");
+        println!("\nFAILED: the new store differs from the legacy store or is not ready (details above).");
         ExitCode::from(1)
     }
 }
