@@ -160,7 +160,10 @@ impl Pipeline {
         let legacy = self.legacy_client().await;
         let target = self.target_client().await;
         let lsn: i64 = legacy
-            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+            .query_one(
+                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);

@@ -208,7 +208,10 @@ pub async fn run(
 ) -> Result<(), Error> {
     let slot = &config.source.slot;
     let point: i64 = source
-        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .query_one(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+            &[],
+        )
         .await
         .map_err(Error::source_db("reading the cutover point"))?
         .get(0);

@@ -276,9 +276,9 @@ pub struct SlotPosition {
 pub async fn slot_position(client: &Client, slot: &str) -> Result<Option<SlotPosition>, Error> {
     let row = client
         .query_opt(
-            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint,
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint,
                     (coalesce(confirmed_flush_lsn, '0/0') - '0/0'::pg_lsn)::bigint,
-                    (pg_current_wal_lsn() - restart_lsn)::bigint
+                    (pg_current_wal_insert_lsn() - restart_lsn)::bigint
                FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )

@@ -71,7 +71,8 @@ pub async fn legacy_rows(legacy: &Client) -> u64 {
         .sum()
 }
 
-fn same(expected: &[(String, i64, i64)], actual: &[(String, i64, i64)]) -> Result<(), String> {
+/// Whether two [`fingerprints`] agree; the tables that differ otherwise.
+pub fn same(expected: &[(String, i64, i64)], actual: &[(String, i64, i64)]) -> Result<(), String> {
     let bad: Vec<String> = expected
         .iter()
         .zip(actual)
@@ -281,7 +282,9 @@ pub async fn rekey(p: &mut Pipeline, settings: &str) -> Copy {
     }
 }
 
-async fn rekey_check(p: &Pipeline, legacy: &Client) -> Result<(), String> {
+/// Whether rekey's target equals the legacy database, keys translated (see
+/// [`crate::compare`]); the caller has waited until the writer caught up.
+pub async fn rekey_check(p: &Pipeline, legacy: &Client) -> Result<(), String> {
     let target = p.target_client().await;
     let diffs = compare::compare(legacy, &target, &p.config(), SECRET).await;
     let bad: Vec<String> = diffs

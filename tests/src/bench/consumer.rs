@@ -94,7 +94,10 @@ impl Consumer {
 /// The legacy database's current WAL position.
 pub async fn current_lsn(legacy: &Client) -> u64 {
     legacy
-        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .query_one(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+            &[],
+        )
         .await
         .map(|r| r.get::<_, i64>(0) as u64)
         .unwrap_or_else(|e| panic!("reading the legacy WAL position: {e}"))

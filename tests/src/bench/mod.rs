@@ -245,12 +245,16 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether every copy checked out.
+    /// Whether every copy checked out (backfills, and the streamed copies at the end).
     pub fn all_correct(&self) -> bool {
         self.backfill
             .iter()
             .chain(&self.native_resync)
             .all(|c| c.check.is_ok())
+            && [&self.rekey, &self.native]
+                .into_iter()
+                .flatten()
+                .all(|s| s.check.is_ok())
     }
 }
 
@@ -497,6 +501,8 @@ async fn rekey_streaming(p: &Pipeline, mix: &pgbench::Mix, plan: &Plan) -> Strea
         consumer: "rekey",
         steps,
         latency: None,
+        check: Ok(()),
+        check_method: "rekey_tests::compare after catching up: every live row, keys and FKs rekeyed, deletes soft",
     };
     if let Some(best) = s.best() {
         let rate = streaming::half_rate(best);
@@ -522,6 +528,10 @@ async fn rekey_streaming(p: &Pipeline, mix: &pgbench::Mix, plan: &Plan) -> Strea
         print_latency("rekey", &lat);
         s.latency = Some(lat);
     }
+    consumer::drain(&legacy, &consumer, Duration::from_secs(600))
+        .await
+        .expect("rekey catches up after its streaming runs");
+    s.check = backfill::rekey_check(p, &legacy).await;
     s
 }
 
@@ -584,6 +594,8 @@ async fn native_streaming(
         consumer: "native",
         steps,
         latency: None,
+        check: Ok(()),
+        check_method: "row count and row-hash sum per table after catching up",
     };
     if let Some(best) = s.best() {
         let rate = streaming::half_rate(best);
@@ -614,6 +626,13 @@ async fn native_streaming(
         print_latency("native", &lat);
         s.latency = Some(lat);
     }
+    consumer::drain(&legacy_client, &consumer, Duration::from_secs(600))
+        .await
+        .expect("native catches up after its streaming runs");
+    s.check = backfill::same(
+        &backfill::fingerprints(&legacy_client).await,
+        &backfill::fingerprints(consumer_client(&consumer)).await,
+    );
     native::unsubscribe(consumer_client(&consumer), NAME).await;
     native::unpublish(&legacy_client, NAME).await;
     (resync, s)

@@ -107,7 +107,7 @@ pub fn table(r: &Report) -> String {
         );
         let _ = writeln!(
             t,
-            "  {:<8} {:>10} {:>9} {:>14}   latency at half rate:  {:>8} {:>10} {:>10} {:>8}",
+            "  {:<8} {:>10} {:>8} {:>13}  | latency at half the rate: {:>8} {:>10} {:>10} {:>8}",
             "", "changes/s", "at tx/s", "rekey ÷ this", "tx/s", "p50", "p99", "samples"
         );
         let kb = k.best().map(Step::changes_per_sec);
@@ -116,7 +116,7 @@ pub fn table(r: &Report) -> String {
             let lat = s.latency.as_ref();
             let _ = writeln!(
                 t,
-                "  {:<8} {:>10} {:>9} {:>14}   {:>30} {:>10} {:>10} {:>8}",
+                "  {:<8} {:>10} {:>8} {:>13}  | {:>34} {:>10} {:>10} {:>8}",
                 s.consumer,
                 best.map_or("none".into(), |b| thousands(b.changes_per_sec())),
                 best.map_or("-".into(), |b| b.rate.label()),
@@ -135,18 +135,33 @@ pub fn table(r: &Report) -> String {
                 let _ = writeln!(t, "    {:<8} latency: {}", s.consumer, l.method);
             }
         }
+        for s in [k, n] {
+            let _ = writeln!(
+                t,
+                "    {:<8} streamed copy at the end: {} ({})",
+                s.consumer,
+                match &s.check {
+                    Ok(()) => "equal".to_string(),
+                    Err(e) => format!("WRONG: {e}"),
+                },
+                s.check_method
+            );
+        }
 
-        let _ = writeln!(t, "\n  steps (CPU in % of one core during the load; machine: all CPUs, busy, any process)");
         let _ = writeln!(
             t,
-            "  {:<8} {:>8} {:>8} {:>10} {:>13} {:>8}  {:<44} cpu",
-            "", "req tx/s", "tx/s", "changes/s", "max lag B", "drain s", "verdict"
+            "\n  steps (cpu: % of one core during the load; machine: all CPUs busy, any process)"
+        );
+        let _ = writeln!(
+            t,
+            "  {:<8} {:>8} {:>8} {:>10} {:>13} {:>8}  verdict",
+            "", "req tx/s", "tx/s", "changes/s", "max lag B", "drain s"
         );
         for s in [k, n] {
             for st in &s.steps {
                 let _ = writeln!(
                     t,
-                    "  {:<8} {:>8} {:>8.0} {:>10} {:>13} {:>8} {:<44} {}",
+                    "  {:<8} {:>8} {:>8.0} {:>10} {:>13} {:>8}  {}\n  {:<8} cpu: {}",
                     s.consumer,
                     st.rate.label(),
                     st.tps,
@@ -155,6 +170,7 @@ pub fn table(r: &Report) -> String {
                     st.drain
                         .map_or("-".into(), |d| format!("{:.2}", d.as_secs_f64())),
                     st.verdict,
+                    "",
                     cpu_text(&st.cpu)
                 );
             }
@@ -219,6 +235,7 @@ fn streaming_json(s: &Streaming) -> Value {
         "highest_sustained_step": s.best().map(step_json),
         "latency_at_half_rate": s.latency.as_ref().map(latency_json),
         "steps": s.steps.iter().map(step_json).collect::<Vec<_>>(),
+        "check": { "method": s.check_method, "ok": s.check.is_ok(), "error": s.check.as_ref().err() },
     })
 }
 

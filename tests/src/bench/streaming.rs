@@ -13,7 +13,9 @@
 //!    about f × step to drain, so the bound admits at most a ~10 % shortfall.
 //!
 //! The steps run in increasing order; the first step whose lag is not bounded ends the
-//! series (the consumer is then left to catch up before anything else runs). A step the
+//! series (the consumer is then left to catch up before anything else runs; the step's
+//! changes over the step plus its drain time are a lower bound of the consumer's apply
+//! rate while behind, shown with the verdict). A step the
 //! source could not produce skips the remaining throttled steps but not the unthrottled
 //! one. Changes are rows inserted, updated or deleted on the legacy database during the
 //! step, measured from its statistics, not estimated from the mix.
@@ -110,6 +112,10 @@ pub struct Streaming {
     pub consumer: &'static str,
     pub steps: Vec<Step>,
     pub latency: Option<Latency>,
+    /// After the last run, caught up: the copy equals the legacy database, or what
+    /// differs.
+    pub check: Result<(), String>,
+    pub check_method: &'static str,
 }
 
 impl Streaming {
@@ -208,9 +214,10 @@ impl Bench<'_> {
         let drained = drain.is_some_and(|d| d <= plan.drain_bound);
         let verdict = match (achieved_ok, drain) {
             (_, Some(d)) if !drained => format!(
-                "lag unbounded: drained in {:.1}s > {:.1}s",
+                "lag unbounded: drained in {:.1}s > {:.1}s (applied ≥ {:.0} changes/s)",
                 d.as_secs_f64(),
-                plan.drain_bound.as_secs_f64()
+                plan.drain_bound.as_secs_f64(),
+                changes as f64 / (run.elapsed + d).as_secs_f64()
             ),
             (false, _) => format!(
                 "source short: pgbench reached {:.0} of {} tx/s",

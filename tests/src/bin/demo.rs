@@ -133,7 +133,10 @@ async fn main() -> ExitCode {
         async move {
             let (r, w) = (scrape(rm).await, scrape(wm).await);
             let current: i64 = monitor
-                .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+                .query_one(
+                    "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+                    &[],
+                )
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or(0);

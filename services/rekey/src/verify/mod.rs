@@ -395,7 +395,7 @@ async fn wal_position(legacy: &Client) -> Result<u64, Error> {
     let lsn: i64 = legacy
         .query_one(
             "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
-                     ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::bigint",
+                     ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::bigint",
             &[],
         )
         .await
