@@ -9,25 +9,6 @@ use std::time::Duration;
 use rekey_tests::scrape::{scrape, sum};
 use rekey_tests::{wait_until, Pipeline, Service};
 
-async fn state(p: &Pipeline) -> Option<String> {
-    let t = p.target_client().await;
-    t.query_opt("SELECT state FROM rekey.status", &[])
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.get(0))
-}
-
-fn set_phase(p: &Pipeline, phase: &str) {
-    let text = std::fs::read_to_string(&p.config_path).unwrap();
-    let body: String = text
-        .lines()
-        .filter(|l| !l.starts_with("phase ="))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&p.config_path, format!("phase = \"{phase}\"\n{body}\n")).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cutover_flag_drains_verifies_and_alarms_on_late_legacy_writes() {
     let mut p = Pipeline::new().await;
@@ -42,9 +23,9 @@ async fn the_cutover_flag_drains_verifies_and_alarms_on_late_legacy_writes() {
     w.run(&mut legacy, opts).await.expect("workload");
 
     // The application stops writing to legacy; the operator flips the flag.
-    set_phase(&p, "cutover");
+    p.set_phase("cutover");
     wait_until("cutover_ready", Duration::from_secs(90), || async {
-        state(&p).await.as_deref() == Some("cutover_ready")
+        p.cutover_state().await.as_deref() == Some("cutover_ready")
     })
     .await;
     let t = p.target_client().await;
@@ -120,13 +101,13 @@ async fn the_cutover_flag_drains_verifies_and_alarms_on_late_legacy_writes() {
     );
 
     // Back to replicate, this time with SIGHUP instead of waiting for the file poll.
-    set_phase(&p, "replicate");
+    p.set_phase("replicate");
     std::process::Command::new("kill")
         .args(["-HUP", &p.reader.as_ref().unwrap().pid().to_string()])
         .status()
         .unwrap();
     wait_until("replicating again", Duration::from_secs(30), || async {
-        state(&p).await.as_deref() == Some("replicating")
+        p.cutover_state().await.as_deref() == Some("replicating")
     })
     .await;
 }

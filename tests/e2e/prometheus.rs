@@ -200,25 +200,6 @@ async fn wait_next_evaluation(port: u16) {
     .await;
 }
 
-async fn state(p: &Pipeline) -> Option<String> {
-    let t = p.target_client().await;
-    t.query_opt("SELECT state FROM rekey.status", &[])
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.get(0))
-}
-
-fn set_phase(p: &Pipeline, phase: &str) {
-    let text = std::fs::read_to_string(&p.config_path).unwrap();
-    let body: String = text
-        .lines()
-        .filter(|l| !l.starts_with("phase ="))
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&p.config_path, format!("phase = \"{phase}\"\n{body}\n")).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_services_and_evaluates_the_rules() {
     let bin = prometheus_bin();
@@ -355,9 +336,9 @@ scrape_configs:
     assert!(silent(port, "during a healthy run").await);
 
     // The cutover flag: drained and verified, still silent.
-    set_phase(&p, "cutover");
+    p.set_phase("cutover");
     wait_until("cutover_ready", Duration::from_secs(60), || async {
-        state(&p).await.as_deref() == Some("cutover_ready")
+        p.cutover_state().await.as_deref() == Some("cutover_ready")
     })
     .await;
     wait_until(

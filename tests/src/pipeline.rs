@@ -234,4 +234,25 @@ impl Pipeline {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
+
+    /// The cutover state recorded in `rekey.status` (None before any).
+    pub async fn cutover_state(&self) -> Option<String> {
+        let t = self.target_client().await;
+        t.query_opt("SELECT state FROM rekey.status", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    }
+
+    /// Sets `phase` at the top of the live config file, as a ConfigMap update would.
+    pub fn set_phase(&self, phase: &str) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let body: Vec<&str> = text.lines().filter(|l| !l.starts_with("phase =")).collect();
+        std::fs::write(
+            &self.config_path,
+            format!("phase = \"{phase}\"\n{}\n", body.join("\n")),
+        )
+        .unwrap();
+    }
 }

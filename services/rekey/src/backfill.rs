@@ -156,7 +156,8 @@ pub async fn all_done(target: &Client, config: &Config) -> Result<bool, Error> {
     let tables: Vec<String> = config.tables.iter().map(|t| t.target_name()).collect();
     let done: i64 = target
         .query_one(
-            "SELECT count(*) FROM rekey.backfill WHERE done AND target_table = ANY($1)",
+            "SELECT CASE WHEN to_regclass('rekey.backfill') IS NULL THEN 0
+                    ELSE (SELECT count(*) FROM rekey.backfill WHERE done AND target_table = ANY($1)) END",
             &[&tables],
         )
         .await
@@ -192,14 +193,7 @@ pub async fn purge_orphans(target: &Client, config: &Config) -> Result<u64, Erro
             if !soft {
                 continue;
             }
-            for (column, entity) in &child.references {
-                let Some(parent) = config
-                    .tables
-                    .iter()
-                    .find(|p| p.entity() == entity && p.id.is_some())
-                else {
-                    continue;
-                };
+            for (column, parent) in config.references(child) {
                 let (ps, pn) = parent.target_parts();
                 let sql = format!(
                     "DELETE FROM {} c WHERE c.deleted_at IS NOT NULL AND c.{col} IS NOT NULL

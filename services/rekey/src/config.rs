@@ -430,6 +430,21 @@ impl Config {
         crate::rekey::Rekeyer::new(self.rekey.secret.0.as_bytes())
     }
 
+    /// The foreign keys of `child`: each reference column with the parent table it
+    /// points at (references to namespaces without a table, e.g. organizations, are left
+    /// out).
+    pub fn references<'a>(
+        &'a self,
+        child: &'a TableConfig,
+    ) -> impl Iterator<Item = (&'a String, &'a TableConfig)> + 'a {
+        child.references.iter().filter_map(move |(column, entity)| {
+            self.tables
+                .iter()
+                .find(|p| p.entity() == entity && p.id.is_some())
+                .map(|p| (column, p))
+        })
+    }
+
     /// The configured table for a legacy `schema.name`.
     pub fn table(&self, schema: &str, name: &str) -> Option<&TableConfig> {
         self.tables

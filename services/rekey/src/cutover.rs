@@ -240,7 +240,8 @@ pub async fn run(
             .await
             .map_err(Error::target_db("reading the consistent position"))?
             .get(0);
-        let backfilling = backfill_pending(target, config).await?;
+        let backfilling =
+            config.backfill.enabled && !crate::backfill::all_done(target, config).await?;
         if applied as u64 >= point && !backfilling {
             break;
         }
@@ -317,36 +318,12 @@ pub async fn run(
     .await
 }
 
-async fn backfill_pending(target: &Client, config: &Config) -> Result<bool, Error> {
-    if !config.backfill.enabled {
-        return Ok(false);
-    }
-    let tables: Vec<String> = config.tables.iter().map(|t| t.target_name()).collect();
-    let done: i64 = target
-        .query_one(
-            "SELECT CASE WHEN to_regclass('rekey.backfill') IS NULL THEN 0
-                    ELSE (SELECT count(*) FROM rekey.backfill WHERE done AND target_table = ANY($1)) END",
-            &[&tables],
-        )
-        .await
-        .map_err(Error::target_db("reading backfill progress"))?
-        .get(0);
-    Ok((done as usize) < tables.len())
-}
-
 /// `child.column → parent` references whose value matches no parent row.
 async fn dangling_foreign_keys(target: &Client, config: &Config) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     for t in &config.tables {
         let (cs, cn) = t.target_parts();
-        for (column, entity) in &t.references {
-            let Some(parent) = config
-                .tables
-                .iter()
-                .find(|p| p.entity() == entity && p.id.is_some())
-            else {
-                continue;
-            };
+        for (column, parent) in config.references(t) {
             let (ps, pn) = parent.target_parts();
             let sql = format!(
                 "SELECT count(*) FROM {} c WHERE c.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.id = c.{col})",
