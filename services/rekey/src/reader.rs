@@ -254,6 +254,7 @@ async fn stream(
         pending_rows: HashMap::new(),
         cutover_lsn,
         status_client: Arc::new(status_client),
+        pack: Pack::default(),
     };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(
         config.source.heartbeat_interval_secs.max(1),
@@ -303,6 +304,11 @@ async fn stream(
                 repl.update_applied_lsn(Lsn::from_u64(lsn));
                 metrics::gauge!(telemetry::READER_CONFIRMED_LSN).set(lsn as f64);
             }
+            _ = async { tokio::time::sleep_until(state.pack.deadline().expect("guarded")).await }, if state.pack.since.is_some() => {
+                if let Err(e) = state.flush_pack().await {
+                    break Err(e);
+                }
+            }
             _ = heartbeat.tick() => {
                 let c = control.clone();
                 tokio::spawn(async move {
@@ -331,6 +337,11 @@ async fn stream(
     }
     if let Some(task) = cutover_task.take() {
         task.abort();
+    }
+    if outcome.is_ok() {
+        if let Err(e) = state.flush_pack().await {
+            tracing::warn!(error = %e.one_line(), "could not publish the last packed transactions; they are re-sent on restart");
+        }
     }
     let StreamState { ack, .. } = state;
     drop(ack);
@@ -461,6 +472,41 @@ struct StreamState<'a> {
     /// The cutover point, once one is recorded: later legacy writes raise the alarm.
     cutover_lsn: watch::Receiver<Option<u64>>,
     status_client: Arc<tokio_postgres::Client>,
+    /// Small transactions waiting to share one message.
+    pack: Pack,
+}
+
+/// How long a packed message waits for more transactions before it is published.
+const PACK_LINGER: Duration = Duration::from_millis(5);
+
+/// Whole small transactions packed into one message: fewer, larger messages for the
+/// broker and the writer. The confirm LSN is the last packed (or skipped) transaction's.
+#[derive(Default)]
+struct Pack {
+    transactions: Vec<event::Transaction>,
+    bytes: usize,
+    changes: usize,
+    confirm: Option<u64>,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Pack {
+    fn add(&mut self, txn: event::Transaction, bytes: usize, end_lsn: u64) {
+        self.changes += txn.changes.len();
+        self.bytes += bytes;
+        self.transactions.push(txn);
+        self.confirm = Some(end_lsn);
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    fn full(&self, config: &Config) -> bool {
+        self.changes >= config.source.chunk_max_changes
+            || self.bytes >= config.source.chunk_max_bytes
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|t| t + PACK_LINGER)
+    }
 }
 
 impl StreamState<'_> {
@@ -534,12 +580,24 @@ impl StreamState<'_> {
                     && open.backfill.is_none()
                 {
                     // Nothing of ours: confirm it in turn, publish nothing.
-                    self.enqueue(InFlight {
-                        delivery: None,
-                        changes: 0,
-                        confirm: Some(end_lsn.as_u64()),
-                    })
-                    .await?;
+                    if self.pack.transactions.is_empty() {
+                        self.enqueue(InFlight {
+                            delivery: None,
+                            changes: 0,
+                            confirm: Some(end_lsn.as_u64()),
+                        })
+                        .await?;
+                    } else {
+                        self.pack.confirm = Some(end_lsn.as_u64());
+                    }
+                } else if open.chunk_seq == 0 {
+                    // A whole small transaction: packed with its neighbours into one message.
+                    let bytes = open.bytes;
+                    let txn = Self::transaction(&mut open, true);
+                    self.pack.add(txn, bytes, end_lsn.as_u64());
+                    if self.pack.full(self.config) {
+                        self.flush_pack().await?;
+                    }
                 } else {
                     self.publish(&mut open, true).await?;
                 }
@@ -882,26 +940,63 @@ impl StreamState<'_> {
     }
 
     /// Publishes the open transaction's pending changes as one message.
-    async fn publish(&mut self, open: &mut OpenTxn, last: bool) -> Result<(), Error> {
-        let changes = std::mem::take(&mut open.changes);
-        let count = changes.len() as u64;
-        let batch = event::Batch {
-            schema_version: event::SCHEMA_VERSION,
-            transactions: vec![event::Transaction {
-                position: Some(open.position),
-                chunk_seq: open.chunk_seq,
-                last,
-                heartbeat: open.heartbeat,
-                tables: std::mem::take(&mut open.tables),
-                changes,
-                backfill: if last { open.backfill.take() } else { None },
-            }],
+    /// Takes the open transaction's pending changes as one (chunk of a) transaction.
+    fn transaction(open: &mut OpenTxn, last: bool) -> event::Transaction {
+        let txn = event::Transaction {
+            position: Some(open.position),
+            chunk_seq: open.chunk_seq,
+            last,
+            heartbeat: open.heartbeat,
+            tables: std::mem::take(&mut open.tables),
+            changes: std::mem::take(&mut open.changes),
+            backfill: if last { open.backfill.take() } else { None },
         };
         open.table_index.clear();
         open.bytes = 0;
         open.chunk_seq += 1;
+        txn
+    }
+
+    /// Publishes the packed small transactions, if any, as one message.
+    async fn flush_pack(&mut self) -> Result<(), Error> {
+        if self.pack.transactions.is_empty() {
+            return Ok(());
+        }
+        let pack = std::mem::take(&mut self.pack);
+        let changes = pack
+            .transactions
+            .iter()
+            .map(|t| t.changes.len() as u64)
+            .sum();
+        self.send(pack.transactions, changes, pack.confirm).await
+    }
+
+    /// Publishes one chunk of a transaction too large to pack, in a message of its own
+    /// (after whatever is packed, to keep the order).
+    async fn publish(&mut self, open: &mut OpenTxn, last: bool) -> Result<(), Error> {
+        self.flush_pack().await?;
+        let txn = Self::transaction(open, last);
+        let changes = txn.changes.len() as u64;
+        let confirm = last.then_some(open.position.end_lsn);
+        self.send(vec![txn], changes, confirm).await
+    }
+
+    async fn send(
+        &mut self,
+        transactions: Vec<event::Transaction>,
+        changes: u64,
+        confirm: Option<u64>,
+    ) -> Result<(), Error> {
+        let first_lsn = transactions
+            .first()
+            .and_then(|t| t.position)
+            .map_or(0, |p| p.commit_lsn);
+        let batch = event::Batch {
+            schema_version: event::SCHEMA_VERSION,
+            transactions,
+        };
         let payload = batch.encode_to_vec();
-        let key = open.position.commit_lsn.to_be_bytes();
+        let key = first_lsn.to_be_bytes();
         let delivery = loop {
             let record = FutureRecord::to(&self.config.kafka.topic)
                 .partition(publish::PARTITION)
@@ -918,10 +1013,9 @@ impl StreamState<'_> {
                 Err((e, _)) => return Err(Error::kafka("queueing a batch")(e)),
             }
         };
-        let confirm = last.then_some(open.position.end_lsn);
         self.enqueue(InFlight {
             delivery: Some(delivery),
-            changes: count,
+            changes,
             confirm,
         })
         .await

@@ -197,9 +197,12 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
             }
         };
         s.process(&consumer, &msg).await?;
+        // A batch closes after `batch_linger_ms` from its first message or at
+        // `batch_max_changes`, whichever comes first: bounded latency under steady load.
+        let deadline = tokio::time::Instant::now() + linger;
         while s.changes_in_batch < config.target.batch_max_changes as u64 && !cancel.is_cancelled()
         {
-            match tokio::time::timeout(linger, consumer.recv()).await {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Ok(m) => {
                     let m = m.map_err(Error::kafka("consuming"))?;
                     s.process(&consumer, &m).await?;

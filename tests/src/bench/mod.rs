@@ -40,12 +40,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::pipeline::{promptstudio_config, Pipeline, DB};
-use crate::scrape::scrape;
+use crate::scrape::{self, scrape};
 use crate::{Broker, Pg};
 
 use consumer::Consumer;
 use procstat::Probe;
-use streaming::{Latency, Plan, Rate, Streaming};
+use streaming::{Latency, Measured, Plan, Rate, Streaming};
 
 /// Which parts run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,7 +508,7 @@ async fn rekey_streaming(p: &Pipeline, mix: &pgbench::Mix, plan: &Plan) -> Strea
         let rate = streaming::half_rate(best);
         println!("  rekey latency at {rate:.0} tx/s…");
         let metric = rekey::telemetry::WRITER_END_TO_END_LATENCY;
-        let before = histogram::Buckets::from_scrape(&scrape(p.writer_metrics).await, metric);
+        let before = scrape(p.writer_metrics).await;
         let writer_metrics = p.writer_metrics;
         let lat = bench
             .latency(
@@ -516,11 +516,29 @@ async fn rekey_streaming(p: &Pipeline, mix: &pgbench::Mix, plan: &Plan) -> Strea
                 plan,
                 std::future::pending::<()>(),
                 || async move {
-                    let after =
-                        histogram::Buckets::from_scrape(&scrape(writer_metrics).await, metric);
-                    let d = after.since(&before);
+                    let after = scrape(writer_metrics).await;
+                    let d = histogram::Buckets::from_scrape(&after, metric)
+                        .since(&histogram::Buckets::from_scrape(&before, metric));
                     let q = |q| d.quantile(q).map(Duration::from_secs_f64);
-                    (q(0.5), q(0.99), d.count() as u64)
+                    // How the writer cut its target transactions meanwhile.
+                    let batches = rekey::telemetry::WRITER_BATCH_CHANGES;
+                    let delta = |suffix: &str| {
+                        let name = format!("{batches}_{suffix}");
+                        scrape::sum(&after, &name) - scrape::sum(&before, &name)
+                    };
+                    let (count, changes) = (delta("count"), delta("sum"));
+                    Measured {
+                        p50: q(0.5),
+                        p99: q(0.99),
+                        samples: d.count() as u64,
+                        diagnostics: vec![
+                            ("writer target transactions".into(), count),
+                            (
+                                "writer changes per target transaction (mean)".into(),
+                                changes / count.max(1.0),
+                            ),
+                        ],
+                    }
                 },
                 "writer histogram rekey_writer_end_to_end_latency_seconds (source commit → target commit, every source transaction; quantiles interpolated in buckets 5,10,25,50,100,250,500 ms…)",
             )
@@ -618,7 +636,12 @@ async fn native_streaming(
                 || async {
                     let v = native::marker_latencies(&sub_client, after).await;
                     let q = |q| histogram::sample_quantile(&v, q).map(Duration::from_secs_f64);
-                    (q(0.5), q(0.99), v.len() as u64)
+                    Measured {
+                        p50: q(0.5),
+                        p99: q(0.99),
+                        samples: v.len() as u64,
+                        diagnostics: Vec::new(),
+                    }
                 },
                 "marker rows, 20/s alongside the load: legacy clock_timestamp() at insert → subscriber clock_timestamp() in an ENABLE ALWAYS trigger at apply (exact quantiles)",
             )
@@ -665,6 +688,9 @@ fn print_latency(name: &str, l: &Latency) {
         ms(l.p99),
         l.samples
     );
+    for (what, v) in &l.diagnostics {
+        println!("  {name:<7} {what}: {v:.1}");
+    }
 }
 
 #[cfg(test)]

@@ -133,6 +133,9 @@ pub fn table(r: &Report) -> String {
         for s in [k, n] {
             if let Some(l) = &s.latency {
                 let _ = writeln!(t, "    {:<8} latency: {}", s.consumer, l.method);
+                for (what, v) in &l.diagnostics {
+                    let _ = writeln!(t, "    {:<8}   meanwhile, {what}: {v:.1}", "");
+                }
             }
         }
         for s in [k, n] {
@@ -226,6 +229,7 @@ fn latency_json(l: &Latency) -> Value {
         "p99_seconds": l.p99.map(|d| d.as_secs_f64()),
         "samples": l.samples,
         "method": l.method,
+        "diagnostics": l.diagnostics.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
     })
 }
 

@@ -104,6 +104,17 @@ pub struct Latency {
     pub p99: Option<Duration>,
     pub samples: u64,
     pub method: &'static str,
+    /// What else the consumer reported over the run (for rekey: the writer's batches).
+    pub diagnostics: Vec<(String, f64)>,
+}
+
+/// What a latency measurement found.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
+    pub samples: u64,
+    pub diagnostics: Vec<(String, f64)>,
 }
 
 /// All of one consumer's streaming results.
@@ -255,7 +266,7 @@ impl Bench<'_> {
     where
         D: std::future::Future<Output = ()>,
         M: FnOnce() -> MF,
-        MF: std::future::Future<Output = (Option<Duration>, Option<Duration>, u64)>,
+        MF: std::future::Future<Output = Measured>,
     {
         let changes0 = pgbench::changes(self.legacy_client).await;
         let run = self.mix.run(
@@ -279,7 +290,12 @@ impl Bench<'_> {
         let changes = pgbench::changes(self.legacy_client)
             .await
             .saturating_sub(changes0);
-        let (p50, p99, samples) = measure().await;
+        let Measured {
+            p50,
+            p99,
+            samples,
+            diagnostics,
+        } = measure().await;
         Latency {
             rate_tps,
             achieved_tps: run.tps,
@@ -288,6 +304,7 @@ impl Bench<'_> {
             p99,
             samples,
             method,
+            diagnostics,
         }
     }
 }
