@@ -7,7 +7,8 @@ use std::time::Duration;
 use rekey_tests::{Pipeline, Service};
 
 async fn rekeyctl(p: &Pipeline, args: &[&str]) -> (bool, String) {
-    let mut all = vec!["--config", &p.config_path.to_str().unwrap()[..]];
+    let config = p.config_arg();
+    let mut all = vec!["--config", config.as_str()];
     all.extend_from_slice(args);
     let mut s = Service::spawn("rekeyctl", &all, &p.env());
     let status = s

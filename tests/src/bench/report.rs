@@ -293,6 +293,14 @@ pub fn json(r: &Report) -> Value {
             "rekey_over_native": streaming_ratio,
             "native_resync": r.native_resync.as_ref().map(copy_json),
         },
+        "cutover": r.cutover.as_ref().map(|c| json!({
+            "load_requested_tps": c.rate,
+            "load_achieved_tps": c.tps,
+            "state": c.state,
+            "seconds_from_flag_to_ready": c.total.as_secs_f64(),
+            "drain_seconds": c.drain_seconds,
+            "method": "pgbench mix at half the highest sustained rate for one step, then phase = cutover written to the live config; time until rekey.status says cutover_ready (includes the reader's 2 s config poll, FK validation and verify)",
+        })),
         "peak_rss_bytes": {
             "reader": r.peak_rss.reader,
             "writer": r.peak_rss.writer,

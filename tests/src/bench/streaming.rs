@@ -15,10 +15,13 @@
 //! The steps run in increasing order; the first step whose lag is not bounded ends the
 //! series (the consumer is then left to catch up before anything else runs; the step's
 //! changes over the step plus its drain time are a lower bound of the consumer's apply
-//! rate while behind, shown with the verdict). A step the
-//! source could not produce skips the remaining throttled steps but not the unthrottled
-//! one. Changes are rows inserted, updated or deleted on the legacy database during the
-//! step, measured from its statistics, not estimated from the mix.
+//! rate while behind, shown with the verdict). A step the source could not produce skips
+//! the remaining throttled steps but not the unthrottled one. Changes are rows inserted,
+//! updated or deleted on the legacy database during the step, measured from its
+//! statistics, not estimated from the mix.
+//!
+//! Every step's drain time is also the answer to "how long does the pipeline take to
+//! drain at this load" (see [`super::consumer::drain`] for the cutover hook).
 
 use std::time::Duration;
 
