@@ -81,7 +81,7 @@ fn describe() {
     describe_gauge!(
         WRITER_LAG_SECONDS,
         Unit::Seconds,
-        "Now minus the commit time of the last applied source transaction (heartbeats included)"
+        "Now minus the commit time of the last applied source transaction (heartbeats included); 0 once everything published is applied"
     );
     describe_histogram!(WRITER_BATCH_CHANGES, "Row changes per target transaction");
     describe_histogram!(

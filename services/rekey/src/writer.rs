@@ -200,6 +200,9 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         // A batch closes after `batch_linger_ms` from its first message or at
         // `batch_max_changes`, whichever comes first: bounded latency under steady load.
         let deadline = tokio::time::Instant::now() + linger;
+        // Whether the batch ended waiting for a message that was not there: the writer
+        // has applied everything fetched so far.
+        let mut drained = false;
         while s.changes_in_batch < config.target.batch_max_changes as u64 && !cancel.is_cancelled()
         {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
@@ -207,11 +210,17 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
                     let m = m.map_err(Error::kafka("consuming"))?;
                     s.process(&consumer, &m).await?;
                 }
-                Err(_) => break,
+                Err(_) => {
+                    drained = true;
+                    break;
+                }
             }
         }
         if s.large.is_none() {
             s.commit(&consumer).await?;
+            if drained {
+                metrics::gauge!(telemetry::WRITER_LAG_SECONDS).set(0.0);
+            }
         }
     }
     if s.open && s.large.is_none() {
