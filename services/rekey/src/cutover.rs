@@ -249,41 +249,26 @@ pub async fn run(
     }
     let drain = started.elapsed().as_secs_f64();
     tracing::info!(drain_seconds = drain, "drained to the cutover point");
-    record(
-        target,
-        slot,
-        Phase::Cutover,
-        State::Validating,
-        Some(point),
-        Some(drain),
-        None,
-    )
-    .await?;
+    let at = |state: State, detail: Option<String>| async move {
+        record(
+            target,
+            slot,
+            Phase::Cutover,
+            state,
+            Some(point),
+            Some(drain),
+            detail.as_deref(),
+        )
+        .await
+    };
+    at(State::Validating, None).await?;
     let dangling = dangling_foreign_keys(target, config).await?;
     if !dangling.is_empty() {
         let detail = format!("foreign keys pointing at no row: {}", dangling.join(", "));
         tracing::error!(%detail, "cutover validation failed");
-        return record(
-            target,
-            slot,
-            Phase::Cutover,
-            State::Failed,
-            Some(point),
-            Some(drain),
-            Some(&detail),
-        )
-        .await;
+        return at(State::Failed, Some(detail)).await;
     }
-    record(
-        target,
-        slot,
-        Phase::Cutover,
-        State::Verifying,
-        Some(point),
-        Some(drain),
-        None,
-    )
-    .await?;
+    at(State::Verifying, None).await?;
     let opts = crate::verify::Options::default();
     let report = crate::verify::run(config, &opts, &mut |p| tracing::info!("{p}")).await?;
     if !report.is_clean() {
@@ -295,27 +280,9 @@ pub async fn run(
             .collect();
         let detail = format!("verify found differences in {}", tables.join(", "));
         tracing::error!(%detail, "cutover verification failed");
-        return record(
-            target,
-            slot,
-            Phase::Cutover,
-            State::Failed,
-            Some(point),
-            Some(drain),
-            Some(&detail),
-        )
-        .await;
+        return at(State::Failed, Some(detail)).await;
     }
-    record(
-        target,
-        slot,
-        Phase::Cutover,
-        State::CutoverReady,
-        Some(point),
-        Some(drain),
-        None,
-    )
-    .await
+    at(State::CutoverReady, None).await
 }
 
 /// `child.column → parent` references whose value matches no parent row.
