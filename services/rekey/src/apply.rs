@@ -1,12 +1,16 @@
-//! Applying source transactions to the target: batched, idempotent, order-guarded.
+//! Applying source transactions to the target: batched, pipelined, idempotent,
+//! order-guarded.
 //!
 //! Changes are applied in source order. Consecutive changes of the same kind to the same
-//! table form a *run*, applied with one multi-row statement over `unnest($n::text[])`
-//! (values travel as text and are cast to the target column's type, which is lossless).
-//! Within a run, only the last change to a key is kept (the statement cannot touch a row
-//! twice, and the last image wins anyway).
+//! table form a *run* — across transaction boundaries too, since adjacent changes stay
+//! adjacent — applied with one multi-row statement over `unnest($n::text[])` (values
+//! travel as text and are cast to the target column's type, which is lossless). Within a
+//! run, only the last change to a key is kept (the statement cannot touch a row twice,
+//! and the last image wins anyway). The statements of a group of transactions are
+//! *pipelined*: sent on the one connection without waiting for each reply, so the target
+//! executes them back to back, in order, and a small transaction costs no round trip.
 //!
-//! Every write carries the source commit LSN as `row_version` and only takes effect where
+//! Every write carries its source commit LSN as `row_version` and only takes effect where
 //! the target row's `row_version` is not newer (`x.row_version <= new`), so:
 //! - replaying any event any number of times leaves the same result;
 //! - an older version never overwrites a newer one;
@@ -42,16 +46,93 @@ enum Kind2 {
     Truncate,
 }
 
-/// One row of a run: its key (for de-duplication) and its values.
+/// One row of a run: its key (for de-duplication), its values and its source position.
 struct Row<'a> {
     key: Vec<&'a str>,
     values: &'a [event::Value],
+    /// `row_version`: the commit LSN of the source transaction.
+    version: i64,
+    /// The source commit time (Unix µs), for soft deletes.
+    time: i64,
 }
 
 struct Run<'a> {
     table: &'a event::Table,
     kind: Kind2,
     rows: Vec<Row<'a>>,
+}
+
+impl Run<'_> {
+    /// Whether a change of `kind` to `table` can join this run (it comes right after).
+    fn continues(&self, table: &event::Table, kind: &Kind2) -> bool {
+        self.kind == *kind
+            && self.kind != Kind2::Truncate
+            && (std::ptr::eq(self.table, table) || self.table == table)
+    }
+
+    /// Keeps only the last change per key, in order.
+    fn dedupe(&mut self) {
+        if self.kind == Kind2::Truncate || self.rows.len() < 2 {
+            return;
+        }
+        let mut last: HashMap<&[&str], usize> = HashMap::with_capacity(self.rows.len());
+        for (i, r) in self.rows.iter().enumerate() {
+            last.insert(&r.key, i);
+        }
+        if last.len() == self.rows.len() {
+            return;
+        }
+        let keep: Vec<bool> = (0..self.rows.len())
+            .map(|i| last.get(&self.rows[i].key[..]) == Some(&i))
+            .collect();
+        let mut i = 0;
+        self.rows.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+    }
+}
+
+/// A run ready to send: its prepared statement and its parameters.
+struct Built<'a> {
+    stmt: Statement,
+    table: &'a str,
+    kind: Kind2,
+    soft_delete: bool,
+    arrays: Vec<Vec<Option<&'a str>>>,
+    versions: Vec<i64>,
+    times: Vec<i64>,
+}
+
+impl Built<'_> {
+    async fn execute(&self, client: &Client) -> Result<u64, Error> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = self
+            .arrays
+            .iter()
+            .map(|a| a as &(dyn ToSql + Sync))
+            .collect();
+        match self.kind {
+            Kind2::Truncate => {
+                params.push(&self.versions[0]);
+                if self.soft_delete {
+                    params.push(&self.times[0]);
+                }
+            }
+            Kind2::Delete if self.soft_delete => {
+                params.push(&self.versions);
+                params.push(&self.times);
+            }
+            _ => params.push(&self.versions),
+        }
+        client
+            .execute(&self.stmt, &params)
+            .await
+            .map_err(Error::target_db(format!(
+                "writing {} rows to {}",
+                self.versions.len(),
+                self.table
+            )))
+    }
 }
 
 pub struct Applier {
@@ -69,9 +150,121 @@ impl Applier {
 
     /// Applies the changes of one transaction chunk in order. Returns the number applied.
     pub async fn apply(&mut self, client: &Client, txn: &event::Transaction) -> Result<u64, Error> {
+        self.apply_all(client, &[txn]).await
+    }
+
+    /// Applies the changes of consecutive transactions in order, their statements
+    /// pipelined. Returns the number of changes applied.
+    pub async fn apply_all(
+        &mut self,
+        client: &Client,
+        txns: &[&event::Transaction],
+    ) -> Result<u64, Error> {
+        let runs = plan(txns)?;
+        self.pipeline(client, runs).await?;
+        Ok(txns.iter().map(|t| t.changes.len() as u64).sum())
+    }
+
+    fn target(&self, table: &event::Table) -> Result<&TargetTable, Error> {
+        let target = self.catalog.get(&table.target_table).ok_or_else(|| {
+            Error::Setup(format!(
+                "events name target table {} which is not in [[tables]]",
+                table.target_table
+            ))
+        })?;
+        for c in &table.columns {
+            if !target.columns.contains_key(&c.name) {
+                return Err(Error::Setup(format!(
+                    "target table {} has no column {:?}: the new schema must have every mapped column",
+                    table.target_table, c.name
+                )));
+            }
+        }
+        Ok(target)
+    }
+
+    async fn prepared(
+        &mut self,
+        client: &Client,
+        sql: String,
+        table: &str,
+    ) -> Result<Statement, Error> {
+        if let Some(s) = self.statements.get(&sql) {
+            return Ok(s.clone());
+        }
+        let s = client
+            .prepare(&sql)
+            .await
+            .map_err(Error::target_db(format!("preparing a write to {table}")))?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    async fn build<'a>(&mut self, client: &Client, mut run: Run<'a>) -> Result<Built<'a>, Error> {
+        let target = self.target(run.table)?;
+        let soft_delete = target.soft_delete;
+        run.dedupe();
+        let columns: Vec<usize> = match &run.kind {
+            Kind2::Upsert => (0..run.table.columns.len()).collect(),
+            Kind2::Partial(carried) => carried.clone(),
+            Kind2::Delete => key_indices(run.table),
+            Kind2::Truncate => Vec::new(),
+        };
+        let sql = statement_sql(run.table, target, &run.kind, &columns);
+        let stmt = self.prepared(client, sql, &run.table.target_table).await?;
+        let mut arrays: Vec<Vec<Option<&str>>> =
+            vec![Vec::with_capacity(run.rows.len()); columns.len()];
+        for r in &run.rows {
+            for (a, &c) in arrays.iter_mut().zip(&columns) {
+                a.push(text_of(run.table, c, r.values)?);
+            }
+        }
+        Ok(Built {
+            stmt,
+            table: &run.table.target_table,
+            kind: run.kind,
+            soft_delete,
+            arrays,
+            versions: run.rows.iter().map(|r| r.version).collect(),
+            times: run.rows.iter().map(|r| r.time).collect(),
+        })
+    }
+
+    /// Sends the runs' statements back to back and waits for all the replies.
+    async fn pipeline(&mut self, client: &Client, runs: Vec<Run<'_>>) -> Result<(), Error> {
+        let mut built = Vec::with_capacity(runs.len());
+        for run in runs {
+            built.push(self.build(client, run).await?);
+        }
+        if let [one] = &built[..] {
+            return one.execute(client).await.map(|_| ());
+        }
+        // Poll each statement once, in order, so that it is sent in order; then wait
+        // for every reply. After a failure the target rejects the rest of the
+        // transaction, so the first error in order is the one that explains it.
+        let mut futures = Vec::with_capacity(built.len());
+        for b in &built {
+            let mut f = Box::pin(b.execute(client));
+            let first = futures::poll!(f.as_mut());
+            futures.push((f, first));
+        }
+        for (f, first) in futures {
+            match first {
+                std::task::Poll::Ready(r) => r?,
+                std::task::Poll::Pending => f.await?,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// The runs of consecutive transactions, in order.
+fn plan<'a>(txns: &[&'a event::Transaction]) -> Result<Vec<Run<'a>>, Error> {
+    let mut runs: Vec<Run<'a>> = Vec::new();
+    let mut applied: HashMap<(&str, Op), u64> = HashMap::new();
+    for txn in txns {
         let position = txn.position.unwrap_or_default();
-        let row_version = position.commit_lsn as i64;
-        let mut run: Option<Run> = None;
+        let (version, time) = (position.commit_lsn as i64, position.commit_time_micros);
         for change in &txn.changes {
             let table = txn.tables.get(change.table as usize).ok_or_else(|| {
                 Error::Invariant(format!(
@@ -80,26 +273,23 @@ impl Applier {
                 ))
             })?;
             let op = Op::try_from(change.op).unwrap_or(Op::Unspecified);
-            metrics::counter!(telemetry::WRITER_EVENTS_APPLIED, "table" => table.target_table.clone(), "op" => crate::reader::op_label(op)).increment(1);
+            *applied.entry((&table.target_table, op)).or_default() += 1;
             let mut steps: Vec<(Kind2, &[event::Value])> = Vec::with_capacity(2);
             match op {
                 Op::Insert | Op::Backfill => steps.push((Kind2::Upsert, &change.row)),
+
                 Op::Update => {
                     if !change.old_key.is_empty() {
                         steps.push((Kind2::Delete, &change.old_key));
                     }
-                    let unchanged: Vec<bool> = change
+                    let carried: Vec<usize> = change
                         .row
                         .iter()
-                        .map(|v| matches!(v.kind, Some(Kind::Unchanged(_))))
+                        .enumerate()
+                        .filter(|(_, v)| !matches!(v.kind, Some(Kind::Unchanged(_))))
+                        .map(|(i, _)| i)
                         .collect();
-                    if unchanged.iter().any(|u| *u) {
-                        let carried = unchanged
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, u)| !**u)
-                            .map(|(i, _)| i)
-                            .collect();
+                    if carried.len() < change.row.len() {
                         steps.push((Kind2::Partial(carried), &change.row));
                     } else {
                         steps.push((Kind2::Upsert, &change.row));
@@ -115,124 +305,27 @@ impl Applier {
                 }
             }
             for (kind, values) in steps {
-                let key = key_of(table, values)?;
-                let same = run
-                    .as_ref()
-                    .is_some_and(|r| std::ptr::eq(r.table, table) && r.kind == kind);
-                if !same {
-                    if let Some(r) = run.take() {
-                        self.execute(client, r, row_version, position.commit_time_micros)
-                            .await?;
-                    }
-                    run = Some(Run {
+                let row = Row {
+                    key: key_of(table, values)?,
+                    values,
+                    version,
+                    time,
+                };
+                match runs.last_mut() {
+                    Some(r) if r.continues(table, &kind) => r.rows.push(row),
+                    _ => runs.push(Run {
                         table,
                         kind,
-                        rows: Vec::new(),
-                    });
-                }
-                run.as_mut().expect("run").rows.push(Row { key, values });
-            }
-        }
-        if let Some(r) = run.take() {
-            self.execute(client, r, row_version, position.commit_time_micros)
-                .await?;
-        }
-        Ok(txn.changes.len() as u64)
-    }
-
-    async fn execute(
-        &mut self,
-        client: &Client,
-        mut run: Run<'_>,
-        row_version: i64,
-        commit_micros: i64,
-    ) -> Result<(), Error> {
-        let target = self.catalog.get(&run.table.target_table).ok_or_else(|| {
-            Error::Setup(format!(
-                "events name target table {} which is not in [[tables]]",
-                run.table.target_table
-            ))
-        })?;
-        for c in &run.table.columns {
-            if !target.columns.contains_key(&c.name) {
-                return Err(Error::Setup(format!(
-                    "target table {} has no column {:?}: the new schema must have every mapped column",
-                    run.table.target_table, c.name
-                )));
-            }
-        }
-        // Keep the last change per key, in order.
-        if run.kind != Kind2::Truncate && run.rows.len() > 1 {
-            let mut last: HashMap<&[&str], usize> = HashMap::with_capacity(run.rows.len());
-            for (i, r) in run.rows.iter().enumerate() {
-                last.insert(&r.key, i);
-            }
-            if last.len() < run.rows.len() {
-                let keep: Vec<bool> = (0..run.rows.len())
-                    .map(|i| last.get(&run.rows[i].key[..]) == Some(&i))
-                    .collect();
-                let mut i = 0;
-                run.rows.retain(|_| {
-                    i += 1;
-                    keep[i - 1]
-                });
-            }
-        }
-        let columns: Vec<usize> = match &run.kind {
-            Kind2::Upsert => (0..run.table.columns.len()).collect(),
-            Kind2::Partial(carried) => carried.clone(),
-            Kind2::Delete => key_indices(run.table),
-            Kind2::Truncate => Vec::new(),
-        };
-        let sql = statement_sql(run.table, target, &run.kind, &columns);
-        let stmt = match self.statements.get(&sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = client
-                    .prepare(&sql)
-                    .await
-                    .map_err(Error::target_db(format!(
-                        "preparing a write to {}",
-                        run.table.target_table
-                    )))?;
-                self.statements.insert(sql.clone(), s.clone());
-                s
-            }
-        };
-        let mut arrays: Vec<Vec<Option<&str>>> =
-            vec![Vec::with_capacity(run.rows.len()); columns.len()];
-        for r in &run.rows {
-            for (a, &c) in arrays.iter_mut().zip(&columns) {
-                a.push(text_of(run.table, c, r.values)?);
-            }
-        }
-        let versions = vec![row_version; run.rows.len()];
-        let times = vec![commit_micros; run.rows.len()];
-        let mut params: Vec<&(dyn ToSql + Sync)> =
-            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-        match run.kind {
-            Kind2::Truncate => {
-                params.push(&row_version);
-                if target.soft_delete {
-                    params.push(&commit_micros);
+                        rows: vec![row],
+                    }),
                 }
             }
-            Kind2::Delete if target.soft_delete => {
-                params.push(&versions);
-                params.push(&times);
-            }
-            _ => params.push(&versions),
         }
-        client
-            .execute(&stmt, &params)
-            .await
-            .map_err(Error::target_db(format!(
-                "writing {} rows to {}",
-                run.rows.len(),
-                run.table.target_table
-            )))?;
-        Ok(())
     }
+    for ((table, op), n) in applied {
+        metrics::counter!(telemetry::WRITER_EVENTS_APPLIED, "table" => table.to_string(), "op" => crate::reader::op_label(op)).increment(n);
+    }
+    Ok(runs)
 }
 
 fn key_indices(table: &event::Table) -> Vec<usize> {
@@ -380,5 +473,144 @@ fn statement_sql(
              WHERE deleted_at IS NULL AND row_version <= $1::int8"
         ),
         Kind2::Truncate => format!("DELETE FROM {t} WHERE row_version <= $1::int8"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> event::Table {
+        event::Table {
+            entity: name.into(),
+            source_table: format!("public.{name}"),
+            target_table: format!("public.{name}"),
+            columns: vec![
+                event::Column {
+                    name: "id".into(),
+                    type_name: "uuid".into(),
+                    is_key: true,
+                },
+                event::Column {
+                    name: "v".into(),
+                    type_name: "text".into(),
+                    is_key: false,
+                },
+            ],
+        }
+    }
+
+    fn text(s: &str) -> event::Value {
+        event::Value {
+            kind: Some(Kind::Text(s.into())),
+        }
+    }
+
+    /// One source transaction at `lsn` writing (table index, op, key, value) changes.
+    fn txn(lsn: u64, tables: &[&str], changes: &[(u32, Op, &str, &str)]) -> event::Transaction {
+        event::Transaction {
+            position: Some(event::SourcePosition {
+                commit_lsn: lsn,
+                end_lsn: lsn + 1,
+                xid: 1,
+                commit_time_micros: lsn as i64 * 10,
+            }),
+            last: true,
+            tables: tables.iter().map(|t| table(t)).collect(),
+            changes: changes
+                .iter()
+                .map(|&(t, op, k, v)| event::Change {
+                    table: t,
+                    op: op as i32,
+                    row: vec![text(k), text(v)],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn shape<'a>(runs: &'a [Run<'a>]) -> Vec<(&'a str, Vec<(&'a str, i64)>)> {
+        runs.iter()
+            .map(|r| {
+                (
+                    r.table.entity.as_str(),
+                    r.rows.iter().map(|w| (w.key[0], w.version)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn adjacent_changes_of_consecutive_transactions_share_a_run_with_their_own_versions() {
+        let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
+        let b = txn(
+            200,
+            &["t", "u"],
+            &[(0, Op::Insert, "k2", "b"), (1, Op::Insert, "k9", "x")],
+        );
+        let c = txn(300, &["t"], &[(0, Op::Update, "k3", "c")]);
+        let mut runs = plan(&[&a, &b, &c]).unwrap();
+        for r in &mut runs {
+            r.dedupe();
+        }
+        assert_eq!(
+            shape(&runs),
+            vec![
+                ("t", vec![("k1", 100), ("k2", 200)]),
+                ("u", vec![("k9", 200)]),
+                ("t", vec![("k3", 300)])
+            ],
+            "order is kept: only adjacent changes of the same kind and table merge"
+        );
+    }
+
+    #[test]
+    fn a_merged_run_keeps_the_last_change_to_a_key_with_its_version() {
+        let a = txn(
+            100,
+            &["t"],
+            &[(0, Op::Insert, "k1", "old"), (0, Op::Insert, "k2", "b")],
+        );
+        let b = txn(200, &["t"], &[(0, Op::Update, "k1", "new")]);
+        let mut runs = plan(&[&a, &b]).unwrap();
+        assert_eq!(runs.len(), 1);
+        runs[0].dedupe();
+        assert_eq!(shape(&runs), vec![("t", vec![("k2", 100), ("k1", 200)])]);
+        let kept = runs[0].rows.iter().find(|r| r.key[0] == "k1").unwrap();
+        assert_eq!(kept.values[1], text("new"));
+    }
+
+    #[test]
+    fn a_delete_between_two_upserts_splits_the_runs() {
+        let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
+        let b = txn(200, &["t"], &[(0, Op::Delete, "k1", "a")]);
+        let c = txn(300, &["t"], &[(0, Op::Insert, "k1", "again")]);
+        let runs = plan(&[&a, &b, &c]).unwrap();
+        let kinds: Vec<Kind2> = runs.iter().map(|r| r.kind.clone()).collect();
+        assert_eq!(kinds, vec![Kind2::Upsert, Kind2::Delete, Kind2::Upsert]);
+    }
+
+    #[test]
+    fn truncates_never_merge() {
+        let a = txn(100, &["t"], &[]);
+        let mut a = a;
+        a.changes.push(event::Change {
+            table: 0,
+            op: Op::Truncate as i32,
+            ..Default::default()
+        });
+        let mut b = txn(200, &["t"], &[]);
+        b.changes.push(event::Change {
+            table: 0,
+            op: Op::Truncate as i32,
+            ..Default::default()
+        });
+        let runs = plan(&[&a, &b]).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[0].rows[0].version, runs[1].rows[0].version),
+            (100, 200)
+        );
     }
 }

@@ -275,8 +275,11 @@ pub async fn run(
     run_id: String,
     tx: mpsc::Sender<ChunkMsg>,
 ) -> Result<(), Error> {
+    // Watermarks commit with a WAL flush: a walsender decodes only flushed WAL, so under
+    // `synchronous_commit = off` each window would wait for the WAL writer (up to
+    // `wal_writer_delay`, 200 ms by default) before the stream saw its watermark.
     source
-        .batch_execute("SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET timezone = 'UTC'")
+        .batch_execute("SET datestyle = 'ISO, YMD'; SET intervalstyle = 'postgres'; SET extra_float_digits = 3; SET timezone = 'UTC'; SET synchronous_commit = on")
         .await
         .map_err(Error::source_db("configuring the backfill session"))?;
     let mut chunk_no = 0u64;

@@ -299,6 +299,39 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Applies `group` (consecutive transactions, in order) and empties it.
+    async fn apply_group(
+        &mut self,
+        group: &mut Vec<&event::Transaction>,
+        poison: &impl Fn(String) -> Error,
+    ) -> Result<(), Error> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        self.begin().await?;
+        let applied = self
+            .applier
+            .apply_all(&self.client, group)
+            .await
+            .map_err(|e| match e {
+                Error::Invariant(reason) | Error::Setup(reason) => poison(reason),
+                other => other,
+            })?;
+        self.changes_in_batch += applied;
+        group.clear();
+        Ok(())
+    }
+
+    /// Moves the position past a whole source transaction (applied, or about to be in
+    /// this target transaction).
+    fn applied(&mut self, pos: event::SourcePosition) {
+        self.position.commit_lsn = pos.commit_lsn;
+        self.position.end_lsn = pos.end_lsn;
+        self.position.commit_time_micros = pos.commit_time_micros;
+        self.txns_in_batch.push(pos.commit_time_micros);
+        metrics::counter!(telemetry::WRITER_TRANSACTIONS_APPLIED).increment(1);
+    }
+
     async fn process(
         &mut self,
         consumer: &StreamConsumer,
@@ -320,6 +353,9 @@ impl Session<'_> {
                 event::SCHEMA_VERSION
             )));
         }
+        // Whole small transactions in a row are applied together, their statements
+        // pipelined; anything else (chunks of a large one, backfill chunks) on its own.
+        let mut group: Vec<&event::Transaction> = Vec::new();
         for txn in &batch.transactions {
             let pos = txn
                 .position
@@ -330,6 +366,12 @@ impl Session<'_> {
                 }
                 continue;
             }
+            if self.large.is_none() && txn.chunk_seq == 0 && txn.last && txn.backfill.is_none() {
+                group.push(txn);
+                self.applied(pos);
+                continue;
+            }
+            self.apply_group(&mut group, &poison).await?;
             if let Some(large) = &self.large {
                 if large.commit_lsn != pos.commit_lsn || large.next_seq != txn.chunk_seq {
                     tracing::warn!(commit_lsn = %lsn_text(large.commit_lsn), "transaction restarted before its last chunk (reader restart); discarding the partial copy");
@@ -353,16 +395,8 @@ impl Session<'_> {
                     next_seq: 0,
                 });
             }
-            self.begin().await?;
-            let applied = self
-                .applier
-                .apply(&self.client, txn)
-                .await
-                .map_err(|e| match e {
-                    Error::Invariant(reason) | Error::Setup(reason) => poison(reason),
-                    other => other,
-                })?;
-            self.changes_in_batch += applied;
+            group.push(txn);
+            self.apply_group(&mut group, &poison).await?;
             if txn.last {
                 if let Some(progress) = &txn.backfill {
                     crate::backfill::save_progress(&self.client, progress).await?;
@@ -377,15 +411,12 @@ impl Session<'_> {
                     }
                 }
                 self.large = None;
-                self.position.commit_lsn = pos.commit_lsn;
-                self.position.end_lsn = pos.end_lsn;
-                self.position.commit_time_micros = pos.commit_time_micros;
-                self.txns_in_batch.push(pos.commit_time_micros);
-                metrics::counter!(telemetry::WRITER_TRANSACTIONS_APPLIED).increment(1);
+                self.applied(pos);
             } else if let Some(large) = &mut self.large {
                 large.next_seq += 1;
             }
         }
+        self.apply_group(&mut group, &poison).await?;
         self.begin().await?;
         self.position.next_offset = offset + 1;
         Ok(())
