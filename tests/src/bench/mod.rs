@@ -729,17 +729,17 @@ mod tests {
             "--chunk-rows",
             "777",
             "--kafka-option",
-            "compression.type=none",
+            "compression.type=zstd",
         ])
         .unwrap()
         .unwrap();
         let c = rekey::config::Config::parse(&rekey_config(&o)).unwrap();
         assert_eq!(c.backfill.chunk_rows, 777);
-        assert_eq!(c.kafka.options["compression.type"], "none");
+        assert_eq!(c.kafka.options["compression.type"], "zstd");
         assert_eq!(c.tables.len(), 9);
         o.kafka_options.clear();
         let c = rekey::config::Config::parse(&rekey_config(&o)).unwrap();
-        assert_eq!(c.kafka.options["compression.type"], "lz4");
+        assert_eq!(c.kafka.options["compression.type"], "none");
         assert!(rekey_config(&o).contains("heartbeat_interval_secs = 10"));
     }
 
