@@ -60,3 +60,31 @@ async fn an_update_without_the_toasted_content_keeps_it() {
         Some("short now")
     );
 }
+
+/// The writer compresses large values with lz4 (cheaper to write than the default pglz,
+/// see `target.toast_compression`); they read back unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_values_are_compressed_with_lz4_in_the_new_store() {
+    let mut p = Pipeline::new().await;
+    p.start().await;
+    p.legacy_sql(
+        "INSERT INTO prompt_labs (id, lab_id, name) VALUES (1, 'l', 'lab');
+         INSERT INTO prompt_libraries (id, prompt_lab_id, name) VALUES (1, 1, 'lib');
+         INSERT INTO prompt_templates (id, prompt_library_id, name, content, version)
+              VALUES (1, 1, 't', repeat('You are a helpful assistant. ', 400), 1);",
+    )
+    .await;
+    p.assert_converged().await;
+    let row = p
+        .target_client()
+        .await
+        .query_one(
+            "SELECT pg_column_compression(content), content = repeat('You are a helpful assistant. ', 400)
+               FROM prompt_templates WHERE legacy_id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("lz4"));
+    assert!(row.get::<_, bool>(1), "the value reads back unchanged");
+}

@@ -122,6 +122,31 @@ async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
     Ok(complete)
 }
 
+/// Sets how this session compresses large values (see `target.toast_compression`).
+async fn toast_compression(client: &Client, config: &Config) -> Result<(), Error> {
+    let wanted = config.target.toast_compression.as_deref();
+    let method = match wanted {
+        Some("server") => return Ok(()),
+        Some(m) => m,
+        None => "lz4",
+    };
+    match client
+        .batch_execute(&format!("SET default_toast_compression = {method}"))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if wanted.is_none() => {
+            tracing::info!(error = %e, "the target does not support lz4 TOAST compression; using its default");
+            Ok(())
+        }
+        Err(e) => Err(Error::Setup(format!(
+            "target.toast_compression = {method:?}: the target refuses it ({}); use pglz or server",
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string())
+        ))),
+    }
+}
+
 async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Error> {
     let client = slot::connect(config.target.url.expose(), "target")
         .await
@@ -130,6 +155,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         .batch_execute("SET synchronous_commit = on; SET timezone = 'UTC'")
         .await
         .map_err(Error::target_db("configuring the session"))?;
+    toast_compression(&client, config).await?;
     let catalog = target::load(&client, config).await?;
     checkpoint::ensure_schema(&client).await?;
     client
