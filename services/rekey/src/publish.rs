@@ -38,6 +38,9 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, Error> {
     let mut c = client_config(kafka);
     set_default(&mut c, "linger.ms", "2");
     set_default(&mut c, "message.timeout.ms", "0"); // retry until delivered; the reader's in-flight bound applies back-pressure
+                                                    // Bounded memory: librdkafka would otherwise queue up to 1 GiB of unsent batches while
+                                                    // a backfill outruns the broker; when this fills, the reader waits (QueueFull).
+    set_default(&mut c, "queue.buffering.max.kbytes", "65536");
     c.set("enable.idempotence", "true");
     c.set("acks", "all");
     c.set("max.in.flight.requests.per.connection", "5");

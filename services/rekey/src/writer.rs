@@ -175,6 +175,8 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
     publish::set_default(&mut cc, "fetch.wait.max.ms", "10");
+    // Prefetch at most 32 MiB (librdkafka's default is 64 MiB per partition).
+    publish::set_default(&mut cc, "queued.max.messages.kbytes", "32768");
     publish::set_default(&mut cc, "auto.offset.reset", "earliest");
     let consumer: StreamConsumer = cc.create().map_err(Error::kafka("creating the consumer"))?;
     let mut tpl = TopicPartitionList::new();
