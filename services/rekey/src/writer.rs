@@ -96,6 +96,8 @@ struct Session<'a> {
     fk_enforced: bool,
     /// A table's backfill completed in the open transaction: re-check the FK mode.
     backfill_table_done: bool,
+    /// When the consumer offset was last committed to Kafka (informational).
+    offset_committed: Option<std::time::Instant>,
 }
 
 /// Foreign keys during backfill.
@@ -205,6 +207,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         large: None,
         fk_enforced,
         backfill_table_done: false,
+        offset_committed: None,
     };
     let linger = Duration::from_millis(config.target.batch_linger_ms);
     loop {
@@ -254,6 +257,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
     if s.open && s.large.is_none() {
         s.commit(&consumer).await?;
     }
+    s.commit_offset(&consumer, true);
     tracing::info!(consistent_lsn = %lsn_text(s.position.commit_lsn), next_offset = s.position.next_offset, "stopped applying");
     Ok(())
 }
@@ -299,11 +303,27 @@ impl Session<'_> {
             metrics::gauge!(telemetry::WRITER_LAG_SECONDS)
                 .set((now - self.position.commit_time_micros).max(0) as f64 / 1e6);
         }
-        // Informational only (consumer-lag tooling); the checkpoint above is the truth.
+        self.commit_offset(consumer, false);
+        export_consumer_lag(consumer, topic, self.position.next_offset);
+        Ok(())
+    }
+
+    /// Tells Kafka how far the writer got: informational only (consumer-lag tooling),
+    /// the checkpoint in the target is the truth. At most once a second unless `force`d:
+    /// each commit is a broker write.
+    fn commit_offset(&mut self, consumer: &StreamConsumer, force: bool) {
+        if !force
+            && self
+                .offset_committed
+                .is_some_and(|t| t.elapsed() < OFFSET_COMMIT_INTERVAL)
+        {
+            return;
+        }
+        self.offset_committed = Some(std::time::Instant::now());
         let mut tpl = TopicPartitionList::new();
         if tpl
             .add_partition_offset(
-                topic,
+                &self.config.kafka.topic,
                 publish::PARTITION,
                 Offset::Offset(self.position.next_offset),
             )
@@ -311,8 +331,6 @@ impl Session<'_> {
         {
             let _ = consumer.commit(&tpl, CommitMode::Async);
         }
-        export_consumer_lag(consumer, topic, self.position.next_offset);
-        Ok(())
     }
 
     async fn rollback(&mut self) -> Result<(), Error> {
@@ -472,6 +490,7 @@ fn export_consumer_lag(consumer: &StreamConsumer, topic: &str, next_offset: i64)
 }
 
 const CONSUMER_LAG_INTERVAL: Duration = Duration::from_secs(2);
+const OFFSET_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 fn now_micros() -> i64 {
     std::time::SystemTime::now()
