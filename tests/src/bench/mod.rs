@@ -9,8 +9,10 @@
 //!     ├─ backfill (each alone, same rows):  pg_dump | psql ─▶ native initial sync ─▶ rekey
 //!     │                                     (rekey's reader and writer keep running)
 //!     ├─ streaming, rekey:   steps (pgbench at rising rates) ─▶ latency at half the best
-//!     │                      ─▶ peak RSS ─▶ stop reader and writer, drop their slot
+//!     │                      ─▶ catch-up (stopped during one unthrottled step, started)
+//!     │                      ─▶ cutover drain ─▶ peak RSS ─▶ stop, drop their slot
 //!     └─ streaming, native:  fresh subscriber copy (truncate, copy_data) ─▶ steps ─▶ latency
+//!                            ─▶ catch-up (subscription disabled, then enabled)
 //! ```
 //!
 //! Streaming runs with `synchronous_commit = on` on the legacy cluster (PostgreSQL's
@@ -226,6 +228,18 @@ pub struct PeakRss {
     pub broker: Option<u64>,
 }
 
+impl PeakRss {
+    /// The larger of each (a restarted process starts its peak afresh).
+    fn max(&self, other: &PeakRss) -> PeakRss {
+        let m = |a: Option<u64>, b: Option<u64>| a.max(b);
+        PeakRss {
+            reader: m(self.reader, other.reader),
+            writer: m(self.writer, other.writer),
+            broker: m(self.broker, other.broker),
+        }
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -414,7 +428,8 @@ pub async fn run(options: Options) -> Report {
             plan.step.as_secs(),
             plan.drain_bound.as_secs_f64()
         );
-        report.rekey = Some(rekey_streaming(&p, &mix, &plan).await);
+        let (rekey, rss_before_restart) = rekey_streaming(&mut p, &mix, &plan).await;
+        report.rekey = Some(rekey);
         let rate = report
             .rekey
             .as_ref()
@@ -432,7 +447,7 @@ pub async fn run(options: Options) -> Report {
             drain.drain_seconds.unwrap_or_default()
         );
         report.cutover = Some(drain);
-        report.peak_rss = peak_rss(&p);
+        report.peak_rss = peak_rss(&p).max(&rss_before_restart);
         stop_rekey(&mut p).await;
         println!("streaming: native logical replication (fresh subscriber copy first)…");
         let (resync, native) = native_streaming(&p.legacy, &subscriber, &mix, &plan).await;
@@ -504,7 +519,13 @@ async fn stop_rekey(p: &mut Pipeline) {
     eprintln!("rekey-bench: warning: could not drop the replication slot {slot}");
 }
 
-async fn rekey_streaming(p: &Pipeline, mix: &pgbench::Mix, plan: &Plan) -> Streaming {
+/// Rekey's steps, latency and catch-up; also the peak RSS before the catch-up restarted
+/// reader and writer.
+async fn rekey_streaming(
+    p: &mut Pipeline,
+    mix: &pgbench::Mix,
+    plan: &Plan,
+) -> (Streaming, PeakRss) {
     let legacy = p.legacy_client().await;
     let consumer = Consumer::Rekey {
         target: p.target_client().await,
@@ -524,6 +545,7 @@ async fn rekey_streaming(p: &Pipeline, mix: &pgbench::Mix, plan: &Plan) -> Strea
         consumer: "rekey",
         steps,
         latency: None,
+        catch_up: None,
         check: Ok(()),
         check_method: "rekey_tests::compare after catching up: every live row, keys and FKs rekeyed, deletes soft",
     };
@@ -572,8 +594,35 @@ async fn rekey_streaming(p: &Pipeline, mix: &pgbench::Mix, plan: &Plan) -> Strea
     consumer::drain(&legacy, &consumer, Duration::from_secs(600))
         .await
         .expect("rekey catches up after its streaming runs");
+    // Catch-up: reader and writer stopped while the source writes, then started.
+    let rss = peak_rss(p);
+    for svc in [&p.reader, &p.writer].into_iter().flatten() {
+        svc.sigterm();
+    }
+    for svc in [&mut p.reader, &mut p.writer].into_iter().flatten() {
+        svc.wait_exit(Duration::from_secs(60)).await;
+    }
+    let bench = streaming::Bench {
+        legacy: &p.legacy,
+        legacy_client: &legacy,
+        consumer: &consumer,
+        mix,
+        probes: &[],
+    };
+    let changes = bench.backlog(plan, plan.step).await;
+    let started = Instant::now();
+    p.start_reader();
+    p.start_writer();
+    let bench = streaming::Bench {
+        legacy: &p.legacy,
+        legacy_client: &legacy,
+        consumer: &consumer,
+        mix,
+        probes: &[],
+    };
+    s.catch_up = Some(bench.catch_up(changes, plan.step, started).await);
     s.check = backfill::rekey_check(p, &legacy).await;
-    s
+    (s, rss)
 }
 
 async fn native_streaming(
@@ -635,6 +684,7 @@ async fn native_streaming(
         consumer: "native",
         steps,
         latency: None,
+        catch_up: None,
         check: Ok(()),
         check_method: "row count and row-hash sum per table after catching up",
     };
@@ -675,6 +725,24 @@ async fn native_streaming(
     consumer::drain(&legacy_client, &consumer, Duration::from_secs(600))
         .await
         .expect("native catches up after its streaming runs");
+    // Catch-up: the subscription disabled while the source writes, then enabled.
+    let sql = |on: bool| {
+        format!(
+            "ALTER SUBSCRIPTION {NAME} {}",
+            if on { "ENABLE" } else { "DISABLE" }
+        )
+    };
+    consumer_client(&consumer)
+        .batch_execute(&sql(false))
+        .await
+        .expect("disabling the subscription");
+    let changes = bench.backlog(plan, plan.step).await;
+    let started = Instant::now();
+    consumer_client(&consumer)
+        .batch_execute(&sql(true))
+        .await
+        .expect("enabling the subscription");
+    s.catch_up = Some(bench.catch_up(changes, plan.step, started).await);
     s.check = backfill::same(
         &backfill::fingerprints(&legacy_client).await,
         &backfill::fingerprints(consumer_client(&consumer)).await,

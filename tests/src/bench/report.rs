@@ -151,6 +151,35 @@ pub fn table(r: &Report) -> String {
             );
         }
 
+        if let (Some(kc), Some(nc)) = (&k.catch_up, &n.catch_up) {
+            let _ = writeln!(
+                t,
+                "\nCATCH-UP (stopped during {} s of unthrottled load, then started: changes applied per second from the start)",
+                kc.load.as_secs()
+            );
+            let _ = writeln!(
+                t,
+                "  {:<8} {:>10} {:>10} {:>10} {:>13}",
+                "", "backlog", "seconds", "changes/s", "rekey ÷ this"
+            );
+            for (name, c) in [("rekey", kc), ("native", nc)] {
+                let _ = writeln!(
+                    t,
+                    "  {:<8} {:>10} {:>10.1} {:>10} {:>13}",
+                    name,
+                    thousands(c.changes as f64),
+                    c.elapsed.as_secs_f64(),
+                    thousands(c.changes_per_sec()),
+                    if name == "rekey" {
+                        "-".into()
+                    } else {
+                        ratio(kc.changes_per_sec(), c.changes_per_sec())
+                    }
+                );
+            }
+            let _ = writeln!(t, "    rekey    reader and writer stopped (SIGTERM), the slot keeps the WAL; timed from their start until the writer applied it all");
+            let _ = writeln!(t, "    native   ALTER SUBSCRIPTION … DISABLE, then ENABLE; timed from ENABLE until the origin reached the end");
+        }
         let _ = writeln!(
             t,
             "\n  steps (cpu: % of one core during the load; machine: all CPUs busy, any process)"
@@ -238,6 +267,12 @@ fn streaming_json(s: &Streaming) -> Value {
         "highest_sustained_changes_per_sec": s.best().map(Step::changes_per_sec),
         "highest_sustained_step": s.best().map(step_json),
         "latency_at_half_rate": s.latency.as_ref().map(latency_json),
+        "catch_up": s.catch_up.as_ref().map(|c| json!({
+            "backlog_changes": c.changes,
+            "load_seconds": c.load.as_secs_f64(),
+            "seconds": c.elapsed.as_secs_f64(),
+            "changes_per_sec": c.changes_per_sec(),
+        })),
         "steps": s.steps.iter().map(step_json).collect::<Vec<_>>(),
         "check": { "method": s.check_method, "ok": s.check.is_ok(), "error": s.check.as_ref().err() },
     })

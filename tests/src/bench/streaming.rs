@@ -120,12 +120,28 @@ pub struct Measured {
     pub diagnostics: Vec<(String, f64)>,
 }
 
+/// Catching up a backlog: the consumer was stopped while pgbench ran unthrottled, then
+/// started again; `elapsed` runs from the start to the moment it had applied it all.
+#[derive(Debug, Clone)]
+pub struct CatchUp {
+    pub changes: u64,
+    pub load: Duration,
+    pub elapsed: Duration,
+}
+
+impl CatchUp {
+    pub fn changes_per_sec(&self) -> f64 {
+        self.changes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
 /// All of one consumer's streaming results.
 #[derive(Debug, Clone)]
 pub struct Streaming {
     pub consumer: &'static str,
     pub steps: Vec<Step>,
     pub latency: Option<Latency>,
+    pub catch_up: Option<CatchUp>,
     /// After the last run, caught up: the copy equals the legacy database, or what
     /// differs.
     pub check: Result<(), String>,
@@ -152,6 +168,47 @@ pub struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// Runs pgbench unthrottled for `load` (the consumer is stopped) and returns the rows
+    /// it changed: the backlog for a catch-up.
+    pub async fn backlog(&self, plan: &Plan, load: Duration) -> u64 {
+        let changes0 = pgbench::changes(self.legacy_client).await;
+        self.mix
+            .run(self.legacy, None, load, (plan.clients, plan.jobs))
+            .await;
+        pgbench::changes(self.legacy_client)
+            .await
+            .saturating_sub(changes0)
+    }
+
+    /// Times the consumer, just started again, until it has applied everything written
+    /// so far.
+    pub async fn catch_up(
+        &self,
+        changes: u64,
+        load: Duration,
+        started: std::time::Instant,
+    ) -> CatchUp {
+        consumer::drain(self.legacy_client, self.consumer, CATCH_UP_LIMIT)
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} did not catch up a backlog within {} s",
+                    self.consumer.name(),
+                    CATCH_UP_LIMIT.as_secs()
+                )
+            });
+        let c = CatchUp {
+            changes,
+            load,
+            elapsed: started.elapsed(),
+        };
+        println!(
+            "  {:<7} catch-up: {} changes written in {} s while stopped, applied in {:.1}s after its start = {:.0} changes/s",
+            self.consumer.name(), c.changes, load.as_secs(), c.elapsed.as_secs_f64(), c.changes_per_sec()
+        );
+        c
+    }
+
     /// Runs the steps of `plan` (see the module doc).
     pub async fn steps(&self, plan: &Plan) -> Vec<Step> {
         let mut out = Vec::new();
