@@ -602,24 +602,11 @@ async fn rekey_streaming(
     for svc in [&mut p.reader, &mut p.writer].into_iter().flatten() {
         svc.wait_exit(Duration::from_secs(60)).await;
     }
-    let bench = streaming::Bench {
-        legacy: &p.legacy,
-        legacy_client: &legacy,
-        consumer: &consumer,
-        mix,
-        probes: &[],
-    };
     let changes = bench.backlog(plan, plan.step).await;
     let started = Instant::now();
-    p.start_reader();
-    p.start_writer();
-    let bench = streaming::Bench {
-        legacy: &p.legacy,
-        legacy_client: &legacy,
-        consumer: &consumer,
-        mix,
-        probes: &[],
-    };
+    // (Pipeline::start_reader/start_writer, field by field: `bench` holds `p.legacy`.)
+    p.reader = Some(p.spawn("rekey-reader", p.reader_metrics));
+    p.writer = Some(p.spawn("rekey-writer", p.writer_metrics));
     s.catch_up = Some(bench.catch_up(changes, plan.step, started).await);
     s.check = backfill::rekey_check(p, &legacy).await;
     (s, rss)
