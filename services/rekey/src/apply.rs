@@ -148,13 +148,8 @@ impl Applier {
         }
     }
 
-    /// Applies the changes of one transaction chunk in order. Returns the number applied.
-    pub async fn apply(&mut self, client: &Client, txn: &event::Transaction) -> Result<u64, Error> {
-        self.apply_all(client, &[txn]).await
-    }
-
-    /// Applies the changes of consecutive transactions in order, their statements
-    /// pipelined. Returns the number of changes applied.
+    /// Applies the changes of consecutive transactions (or one chunk of a large one) in
+    /// order, their statements pipelined. Returns the number of changes applied.
     pub async fn apply_all(
         &mut self,
         client: &Client,
