@@ -96,8 +96,33 @@ struct Session<'a> {
     fk_enforced: bool,
     /// A table's backfill completed in the open transaction: re-check the FK mode.
     backfill_table_done: bool,
-    /// When the consumer offset was last committed to Kafka (informational).
-    offset_committed: Option<std::time::Instant>,
+    /// The informational Kafka offset commit and the consumer-lag gauge: periodic.
+    offset_commit: Every,
+    lag_export: Every,
+}
+
+/// Something done at most once per interval.
+struct Every {
+    interval: Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Every {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+        }
+    }
+
+    /// Whether it is time (or `force`d); if so, counts it as done now.
+    fn due(&mut self, force: bool) -> bool {
+        if !force && self.last.is_some_and(|t| t.elapsed() < self.interval) {
+            return false;
+        }
+        self.last = Some(std::time::Instant::now());
+        true
+    }
 }
 
 /// Foreign keys during backfill.
@@ -207,7 +232,8 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         large: None,
         fk_enforced,
         backfill_table_done: false,
-        offset_committed: None,
+        offset_commit: Every::new(OFFSET_COMMIT_INTERVAL),
+        lag_export: Every::new(CONSUMER_LAG_INTERVAL),
     };
     let linger = Duration::from_millis(config.target.batch_linger_ms);
     loop {
@@ -223,7 +249,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
                 if s.large.is_none() {
                     metrics::gauge!(telemetry::WRITER_LAG_SECONDS).set(0.0);
                 }
-                export_consumer_lag(&consumer, topic, s.position.next_offset);
+                s.export_consumer_lag(&consumer);
                 continue;
             }
         };
@@ -304,7 +330,7 @@ impl Session<'_> {
                 .set((now - self.position.commit_time_micros).max(0) as f64 / 1e6);
         }
         self.commit_offset(consumer, false);
-        export_consumer_lag(consumer, topic, self.position.next_offset);
+        self.export_consumer_lag(consumer);
         Ok(())
     }
 
@@ -312,14 +338,9 @@ impl Session<'_> {
     /// the checkpoint in the target is the truth. At most once a second unless `force`d:
     /// each commit is a broker write.
     fn commit_offset(&mut self, consumer: &StreamConsumer, force: bool) {
-        if !force
-            && self
-                .offset_committed
-                .is_some_and(|t| t.elapsed() < OFFSET_COMMIT_INTERVAL)
-        {
+        if !self.offset_commit.due(force) {
             return;
         }
-        self.offset_committed = Some(std::time::Instant::now());
         let mut tpl = TopicPartitionList::new();
         if tpl
             .add_partition_offset(
@@ -330,6 +351,22 @@ impl Session<'_> {
             .is_ok()
         {
             let _ = consumer.commit(&tpl, CommitMode::Async);
+        }
+    }
+
+    /// Messages in the partition not yet applied (asks the broker for the high
+    /// watermark, at most once every [`CONSUMER_LAG_INTERVAL`]).
+    fn export_consumer_lag(&mut self, consumer: &StreamConsumer) {
+        if !self.lag_export.due(false) {
+            return;
+        }
+        let topic = &self.config.kafka.topic;
+        let high = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, publish::PARTITION, Duration::from_millis(500))
+        });
+        if let Ok((_, high)) = high {
+            metrics::gauge!(telemetry::WRITER_CONSUMER_LAG_MESSAGES)
+                .set((high - self.position.next_offset).max(0) as f64);
         }
     }
 
@@ -466,26 +503,6 @@ impl Session<'_> {
         self.begin().await?;
         self.position.next_offset = offset + 1;
         Ok(())
-    }
-}
-
-/// Messages in the partition not yet applied (asks the broker for the high watermark,
-/// at most once every [`CONSUMER_LAG_INTERVAL`]).
-fn export_consumer_lag(consumer: &StreamConsumer, topic: &str, next_offset: i64) {
-    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    {
-        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < CONSUMER_LAG_INTERVAL) {
-            return;
-        }
-        *last = Some(std::time::Instant::now());
-    }
-    let high = tokio::task::block_in_place(|| {
-        consumer.fetch_watermarks(topic, publish::PARTITION, Duration::from_millis(500))
-    });
-    if let Ok((_, high)) = high {
-        metrics::gauge!(telemetry::WRITER_CONSUMER_LAG_MESSAGES)
-            .set((high - next_offset).max(0) as f64);
     }
 }
 
