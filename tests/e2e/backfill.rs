@@ -224,3 +224,58 @@ async fn a_killed_reader_resumes_backfill_from_its_last_chunk() {
     .await;
     p.assert_converged().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_writer_loses_and_double_counts_no_chunk() {
+    // The writer applies chunks on connections of their own, and its checkpoint stays
+    // behind any chunk not committed yet: kill -9 it while prompt_executions is being
+    // copied, start it again, and every row is there once, counted once.
+    let mut p = Pipeline::with_config(&config(500, 20)).await;
+    let legacy = p.legacy_client().await;
+    let seeded = rekey_workload::seed(&legacy, 0.1, 33).await.expect("seed");
+    p.start().await;
+    wait_until(
+        "prompt_executions partly backfilled",
+        Duration::from_secs(180),
+        || async {
+            backfill_state(&p)
+                .await
+                .iter()
+                .any(|t| t.0 == "public.prompt_executions" && t.3 >= 5 && !t.4)
+        },
+    )
+    .await;
+    p.writer.as_mut().unwrap().kill9();
+    p.start_writer();
+    wait_until(
+        "every table backfilled",
+        Duration::from_secs(180),
+        || async {
+            let s = backfill_state(&p).await;
+            s.len() == 9 && s.iter().all(|t| t.4)
+        },
+    )
+    .await;
+    p.assert_converged().await;
+    let state = backfill_state(&p).await;
+    let copied: i64 = state.iter().map(|t| t.1).sum();
+    assert_eq!(
+        copied as u64,
+        seeded.total(),
+        "no workload ran, so every seeded row is copied and counted exactly once: {state:?}"
+    );
+    let mut verify = Service::spawn(
+        "rekeyctl",
+        &["--config", &p.config_arg(), "verify"],
+        &p.env(),
+    );
+    let status = verify
+        .wait_exit(Duration::from_secs(120))
+        .await
+        .expect("verify exits");
+    assert!(
+        status.success(),
+        "verify found differences:\n{}",
+        verify.output()
+    );
+}

@@ -1,5 +1,6 @@
 //! A real Kafka-protocol broker per test: `tansu` on a loopback port, with durable
-//! sqlite storage in its own temp dir (survives `kill -9` and a restart).
+//! sqlite storage in its own temp dir (survives `kill -9` and a restart), or in memory
+//! (the bench, see [`Storage`]).
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -18,18 +19,52 @@ pub struct Broker {
     pub port: u16,
     dir: PathBuf,
     tansu: PathBuf,
+    storage: Storage,
     child: Option<Child>,
     /// False until the first start succeeded: a failed start has already shown the log.
     started: bool,
 }
 
+/// Where tansu keeps the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// sqlite in the broker's directory: survives `kill -9` and a restart (the tests).
+    Sqlite,
+    /// In memory: gone with the process. Closest to what Kafka costs (an append to the
+    /// page cache); tansu's sqlite engine spends CPU per message that Kafka does not.
+    Memory,
+}
+
+impl Storage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Sqlite => "sqlite",
+            Storage::Memory => "memory",
+        }
+    }
+
+    fn engine(self) -> &'static str {
+        match self {
+            // Relative: tansu 0.6.0 resolves an absolute sqlite path wrongly.
+            Storage::Sqlite => "sqlite://data/tansu.db",
+            Storage::Memory => "memory://tansu/",
+        }
+    }
+}
+
 impl Broker {
-    /// Starts a broker on a free port; returns once it answers a Kafka ApiVersions request.
+    /// Starts a broker with durable storage on a free port; returns once it answers a
+    /// Kafka ApiVersions request.
     pub async fn start() -> Broker {
+        Broker::start_with(Storage::Sqlite).await
+    }
+
+    /// Starts a broker keeping its log in `storage` on a free port.
+    pub async fn start_with(storage: Storage) -> Broker {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let mut broker = Broker::new(port);
+            let mut broker = Broker::new(port, storage);
             match broker.launch().await {
                 Ok(()) => return broker,
                 Err(e) if e.contains("in use") => last = e, // port taken meanwhile: retry
@@ -41,7 +76,7 @@ impl Broker {
 
     /// Starts a broker on the given port (e.g. one a service was already told to use).
     pub async fn start_on(port: u16) -> Broker {
-        let mut broker = Broker::new(port);
+        let mut broker = Broker::new(port, Storage::Sqlite);
         if let Err(e) = broker.launch().await {
             panic!("{e}");
         }
@@ -127,7 +162,7 @@ impl Broker {
         panic!("tansu not found: run `make tools`")
     }
 
-    fn new(port: u16) -> Broker {
+    fn new(port: u16, storage: Storage) -> Broker {
         let tansu = Broker::tansu_path();
         let dir = unique_temp_dir("broker");
         std::fs::create_dir_all(dir.join("data"))
@@ -136,6 +171,7 @@ impl Broker {
             port,
             dir,
             tansu,
+            storage,
             child: None,
             started: false,
         }
@@ -152,8 +188,7 @@ impl Broker {
         cmd.arg("broker")
             .args(["--listener-url", &url])
             .args(["--advertised-listener-url", &url])
-            // Relative: tansu 0.6.0 resolves an absolute sqlite path wrongly.
-            .args(["--storage-engine", "sqlite://data/tansu.db"])
+            .args(["--storage-engine", self.storage.engine()])
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log file handle"))

@@ -105,7 +105,37 @@ CREATE TABLE IF NOT EXISTS rekey.backfill (
     done          boolean     NOT NULL DEFAULT false,
     started_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
+);
+-- Chunks the writer applied beside the stream whose position its checkpoint has not
+-- passed yet (see chunk_apply): a chunk replayed after a crash is not applied twice.
+CREATE TABLE IF NOT EXISTS rekey.backfill_applied (
+    commit_lsn    bigint      PRIMARY KEY
 );";
+
+/// Records that the chunk at `commit_lsn` is applied by the open transaction; false if an
+/// earlier transaction already did.
+pub async fn claim_chunk(target: &Client, commit_lsn: u64) -> Result<bool, Error> {
+    let n = target
+        .execute(
+            "INSERT INTO rekey.backfill_applied (commit_lsn) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&(commit_lsn as i64)],
+        )
+        .await
+        .map_err(Error::target_db("recording a backfill chunk"))?;
+    Ok(n == 1)
+}
+
+/// Forgets the chunk records the checkpoint has passed (they can no longer be replayed).
+pub async fn forget_chunks(target: &Client, upto_commit_lsn: u64) -> Result<(), Error> {
+    target
+        .execute(
+            "DELETE FROM rekey.backfill_applied WHERE commit_lsn <= $1",
+            &[&(upto_commit_lsn as i64)],
+        )
+        .await
+        .map_err(Error::target_db("forgetting applied backfill chunks"))?;
+    Ok(())
+}
 
 /// Reads the recorded progress of `table` (target name); none before the first chunk.
 pub async fn load_progress(target: &Client, table: &str) -> Result<Progress, Error> {
@@ -132,6 +162,9 @@ pub async fn load_progress(target: &Client, table: &str) -> Result<Progress, Err
 }
 
 /// Records a chunk's progress; call in the target transaction that applies its rows.
+/// Chunks of a table may commit in any order (see [`crate::chunk_apply`]): the counts
+/// add up, `done` once set stays set, and `last_key` is the last committed chunk's (an
+/// older one only makes a restarted reader copy some rows again).
 pub async fn save_progress(
     target: &Client,
     p: &crate::event::BackfillProgress,
@@ -143,7 +176,7 @@ pub async fn save_progress(
              ON CONFLICT (target_table) DO UPDATE SET last_key = EXCLUDED.last_key,
                  rows_copied = b.rows_copied + EXCLUDED.rows_copied,
                  rows_superseded = b.rows_superseded + EXCLUDED.rows_superseded,
-                 chunks = b.chunks + 1, done = EXCLUDED.done, updated_at = now()",
+                 chunks = b.chunks + 1, done = b.done OR EXCLUDED.done, updated_at = now()",
             &[&p.target_table, &p.source_table, &p.last_key, &(p.rows as i64), &(p.superseded as i64), &p.done],
         )
         .await

@@ -178,7 +178,9 @@ pub struct BackfillConfig {
     /// Rows per chunk: one short SELECT each on the legacy database.
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: usize,
-    /// Chunks read ahead of the replication stream (memory: about this many chunks).
+    /// Chunks in flight: read ahead of the replication stream by the reader (memory:
+    /// about this many chunks), applied at once by the writer on as many extra target
+    /// connections (see `chunk_apply`).
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,
     /// Pause between chunks, to spare a busy legacy database.

@@ -19,6 +19,7 @@
 //! - [`target`]: the target catalog (columns, keys, soft delete).
 //! - [`apply`]: idempotent, order-guarded batched writes into the target.
 //! - [`checkpoint`]: the writer's position, kept in the target in the applying transaction.
+//! - [`chunk_apply`]: backfill chunks applied on extra target connections, beside the stream.
 //! - [`writer`]: the consuming loop.
 //! - [`telemetry`]: logging set-up and all metric names.
 //! - [`verify`]: `rekeyctl verify`, the comparison of the legacy and the new store.
@@ -26,6 +27,7 @@
 pub mod apply;
 pub mod backfill;
 pub mod checkpoint;
+pub mod chunk_apply;
 pub mod config;
 pub mod cutover;
 pub mod error;

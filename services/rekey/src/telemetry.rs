@@ -21,6 +21,7 @@ pub const WRITER_BATCH_CHANGES: &str = "rekey_writer_batch_changes";
 pub const WRITER_END_TO_END_LATENCY: &str = "rekey_writer_end_to_end_latency_seconds";
 pub const ERRORS: &str = "rekey_errors_total";
 pub const WRITER_DEAD_LETTERS: &str = "rekey_writer_dead_letters_total";
+pub const WRITER_BACKFILL_CHUNKS_IN_FLIGHT: &str = "rekey_writer_backfill_chunks_in_flight";
 pub const WRITER_CONSUMER_LAG_MESSAGES: &str = "rekey_writer_consumer_lag_messages";
 pub const BACKFILL_ROWS: &str = "rekey_backfill_rows_total";
 pub const BACKFILL_ROWS_ESTIMATED: &str = "rekey_backfill_rows_estimated";
@@ -93,6 +94,10 @@ fn describe() {
     describe_counter!(
         WRITER_DEAD_LETTERS,
         "Events the writer could not apply, by kind (the writer stops on them)"
+    );
+    describe_gauge!(
+        WRITER_BACKFILL_CHUNKS_IN_FLIGHT,
+        "Backfill chunks being applied on the writer's extra target connections"
     );
     describe_gauge!(
         WRITER_CONSUMER_LAG_MESSAGES,

@@ -15,6 +15,9 @@
 //!   the writer seeks to that position (Kafka's committed offsets are informational).
 //! - **Consistency.** A target transaction only ever holds whole source transactions, in
 //!   commit order, so the target is always the source's image at the consistent LSN.
+//!   While backfill runs, its chunks are applied beside the stream on connections of
+//!   their own (see [`crate::chunk_apply`]); the saved position never passes a chunk
+//!   that has not committed.
 //! - **Duplicates** (a reader restart re-sends from its confirmed LSN) are skipped: their
 //!   commit LSN is at or below the consistent LSN. Writes are idempotent and order-guarded
 //!   anyway (see [`crate::apply`]).
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::Applier;
 use crate::checkpoint::{self, Checkpoint};
+use crate::chunk_apply::ChunkPool;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event;
@@ -96,9 +100,32 @@ struct Session<'a> {
     fk_enforced: bool,
     /// A table's backfill completed in the open transaction: re-check the FK mode.
     backfill_table_done: bool,
+    /// Backfill chunks applied on connections of their own, while backfill runs.
+    chunks: Option<ChunkPool>,
+    /// The backfill chunk being sent to the pool, part by part.
+    chunk_head: Option<ChunkHead>,
     /// The informational Kafka offset commit and the consumer-lag gauge: periodic.
     offset_commit: Every,
     lag_export: Every,
+}
+
+/// The backfill chunk whose parts are arriving (it spans messages).
+struct ChunkHead {
+    commit_lsn: u64,
+    next_seq: u32,
+    /// The writer's position before the chunk's first part.
+    floor: Checkpoint,
+}
+
+/// Whether `txn` is (a part of) a backfill chunk: copied rows only, or only progress.
+fn is_backfill(txn: &event::Transaction) -> bool {
+    if txn.changes.is_empty() {
+        txn.backfill.is_some()
+    } else {
+        txn.changes
+            .iter()
+            .all(|c| c.op == event::Op::Backfill as i32)
+    }
 }
 
 /// Something done at most once per interval.
@@ -136,7 +163,12 @@ impl Every {
 /// `rekeyctl verify` checks the foreign keys of the rows written meanwhile.
 async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
     let complete = !config.backfill.enabled || crate::backfill::all_done(client, config).await?;
-    let role = if complete { "origin" } else { "replica" };
+    set_replication_role(client, if complete { "origin" } else { "replica" }).await?;
+    Ok(complete)
+}
+
+/// `SET session_replication_role`; `replica` skips foreign-key triggers (see [`fk_mode`]).
+pub(crate) async fn set_replication_role(client: &Client, role: &str) -> Result<(), Error> {
     client.batch_execute(&format!("SET session_replication_role = {role}")).await.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
             Error::Setup(
@@ -145,8 +177,7 @@ async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
         } else {
             Error::target_db("setting session_replication_role")(e)
         }
-    })?;
-    Ok(complete)
+    })
 }
 
 /// Sets how this session compresses large values (see `target.toast_compression`).
@@ -174,7 +205,8 @@ async fn toast_compression(client: &Client, config: &Config) -> Result<(), Error
     }
 }
 
-async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Error> {
+/// A target connection configured for applying.
+pub(crate) async fn connect_target(config: &Config) -> Result<Client, Error> {
     let client = slot::connect(config.target.url.expose(), "target")
         .await
         .map_err(Error::target_db("connecting to the target"))?;
@@ -183,6 +215,11 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         .await
         .map_err(Error::target_db("configuring the session"))?;
     toast_compression(&client, config).await?;
+    Ok(client)
+}
+
+async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Error> {
+    let client = connect_target(config).await?;
     let catalog = target::load(&client, config).await?;
     checkpoint::ensure_schema(&client).await?;
     client
@@ -221,6 +258,8 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
     tracing::info!(topic = %topic, next_offset = position.next_offset, consistent_lsn = %lsn_text(position.commit_lsn), "applying");
     metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(position.commit_lsn as f64);
 
+    let chunks =
+        (!fk_enforced).then(|| ChunkPool::new(catalog.clone(), config.backfill.parallelism));
     let mut s = Session {
         config,
         client,
@@ -232,6 +271,8 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         large: None,
         fk_enforced,
         backfill_table_done: false,
+        chunks,
+        chunk_head: None,
         offset_commit: Every::new(OFFSET_COMMIT_INTERVAL),
         lag_export: Every::new(CONSUMER_LAG_INTERVAL),
     };
@@ -280,7 +321,11 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
             }
         }
     }
-    if s.open && s.large.is_none() {
+    if let Some(pool) = &mut s.chunks {
+        pool.drain().await?;
+    }
+    if s.large.is_none() {
+        s.begin().await?;
         s.commit(&consumer).await?;
     }
     s.commit_offset(&consumer, true);
@@ -304,8 +349,15 @@ impl Session<'_> {
         if !self.open {
             return Ok(());
         }
+        if let Some(pool) = &mut self.chunks {
+            pool.reap().await?;
+        }
+        let saved = self.resumable();
         let topic = &self.config.kafka.topic;
-        checkpoint::save(&self.client, topic, publish::PARTITION, &self.position).await?;
+        checkpoint::save(&self.client, topic, publish::PARTITION, &saved).await?;
+        if self.chunks.is_some() {
+            crate::backfill::forget_chunks(&self.client, saved.commit_lsn).await?;
+        }
         self.client
             .batch_execute("COMMIT")
             .await
@@ -315,6 +367,9 @@ impl Session<'_> {
             self.fk_enforced = fk_mode(&self.client, self.config).await?;
             if self.fk_enforced {
                 tracing::info!("backfill complete: foreign keys are enforced from now on");
+                if let Some(mut pool) = self.chunks.take() {
+                    pool.drain().await?;
+                }
             }
         }
         let now = now_micros();
@@ -324,7 +379,7 @@ impl Session<'_> {
         }
         metrics::histogram!(telemetry::WRITER_BATCH_CHANGES).record(self.changes_in_batch as f64);
         self.changes_in_batch = 0;
-        metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(self.position.commit_lsn as f64);
+        metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(saved.commit_lsn as f64);
         if self.position.commit_time_micros > 0 {
             metrics::gauge!(telemetry::WRITER_LAG_SECONDS)
                 .set((now - self.position.commit_time_micros).max(0) as f64 / 1e6);
@@ -332,6 +387,16 @@ impl Session<'_> {
         self.commit_offset(consumer, false);
         self.export_consumer_lag(consumer);
         Ok(())
+    }
+
+    /// The position to save: never past a backfill chunk that has not committed (see
+    /// [`crate::chunk_apply`]).
+    fn resumable(&self) -> Checkpoint {
+        self.chunks
+            .as_ref()
+            .and_then(ChunkPool::floor)
+            .or(self.chunk_head.as_ref().map(|h| h.floor))
+            .unwrap_or(self.position)
     }
 
     /// Tells Kafka how far the writer got: informational only (consumer-lag tooling),
@@ -391,6 +456,13 @@ impl Session<'_> {
         if group.is_empty() {
             return Ok(());
         }
+        if let Some(pool) = self.chunks.as_mut().filter(|p| !p.is_empty()) {
+            let tables: Vec<&str> = group
+                .iter()
+                .flat_map(|t| t.tables.iter().map(|x| x.target_table.as_str()))
+                .collect();
+            pool.wait_for_tables(&tables).await?;
+        }
         self.begin().await?;
         let applied = self
             .applier
@@ -413,6 +485,96 @@ impl Session<'_> {
         self.position.commit_time_micros = pos.commit_time_micros;
         self.txns_in_batch.push(pos.commit_time_micros);
         metrics::counter!(telemetry::WRITER_TRANSACTIONS_APPLIED).increment(1);
+    }
+
+    /// Records a backfill chunk's progress in the open transaction, and the end of
+    /// backfill when it is the last table's last chunk.
+    async fn backfill_progress(&mut self, progress: &event::BackfillProgress) -> Result<(), Error> {
+        crate::backfill::save_progress(&self.client, progress).await?;
+        if progress.done
+            && !self.fk_enforced
+            && crate::backfill::all_done(&self.client, self.config).await?
+        {
+            // The same transaction that records the end of backfill removes what can
+            // never be valid (see purge_orphans).
+            crate::backfill::purge_orphans(&self.client, self.config).await?;
+            self.backfill_table_done = true;
+        }
+        Ok(())
+    }
+
+    /// A part of a backfill chunk, while backfill runs: applied by the chunk pool. At a
+    /// table's last chunk, every chunk in flight is waited for, so the end of backfill is
+    /// recorded (and orphans purged) only once every row is in.
+    async fn backfill_part(
+        &mut self,
+        consumer: &StreamConsumer,
+        txn: &event::Transaction,
+        offset: i64,
+        poison: &impl Fn(String) -> Error,
+    ) -> Result<(), Error> {
+        let pos = txn
+            .position
+            .ok_or_else(|| poison("transaction without a source position".into()))?;
+        if let Some(head) = &self.chunk_head {
+            if head.commit_lsn != pos.commit_lsn || head.next_seq != txn.chunk_seq {
+                tracing::warn!(commit_lsn = %lsn_text(head.commit_lsn), "backfill chunk restarted before its last part (reader restart); discarding the partial copy");
+                self.chunk_head = None;
+                if let Some(pool) = &mut self.chunks {
+                    pool.abandon();
+                }
+            }
+        }
+        if self.chunk_head.is_none() {
+            if txn.chunk_seq != 0 {
+                // A tail whose head was discarded above: the full copy follows.
+                return Ok(());
+            }
+            // Nothing of the writer's may be uncommitted while the chunk is applied.
+            self.commit(consumer).await?;
+            let floor = Checkpoint {
+                next_offset: offset,
+                ..self.position
+            };
+            // Kept until the last part is sent: stopped in the middle, the writer must
+            // read the chunk again from its first part.
+            let table = txn.tables.first().map_or("", |t| t.target_table.as_str());
+            let pool = self
+                .chunks
+                .as_mut()
+                .ok_or_else(|| Error::Invariant("backfill chunk without a chunk pool".into()))?;
+            pool.begin(self.config, table, floor).await?;
+            self.chunk_head = Some(ChunkHead {
+                commit_lsn: pos.commit_lsn,
+                next_seq: 0,
+                floor,
+            });
+        }
+        let pool = self
+            .chunks
+            .as_mut()
+            .ok_or_else(|| Error::Invariant("backfill chunk without a chunk pool".into()))?;
+        pool.send(txn.clone()).await?;
+        if let Some(head) = &mut self.chunk_head {
+            head.next_seq += 1;
+        }
+        if !txn.last {
+            return Ok(());
+        }
+        self.chunk_head = None;
+        if let Some(progress) = txn.backfill.as_ref().filter(|p| p.done) {
+            pool.drain().await?;
+            if !self.fk_enforced && crate::backfill::all_done(&self.client, self.config).await? {
+                self.begin().await?;
+                // The same transaction that records the end of backfill (in the
+                // checkpoint) removes what can never be valid (see purge_orphans).
+                crate::backfill::purge_orphans(&self.client, self.config).await?;
+                self.backfill_table_done = true;
+            }
+            tracing::debug!(table = %progress.target_table, "table backfilled");
+        }
+        self.applied(pos);
+        Ok(())
     }
 
     async fn process(
@@ -449,6 +611,11 @@ impl Session<'_> {
                 }
                 continue;
             }
+            if self.large.is_none() && self.chunks.is_some() && is_backfill(txn) {
+                self.apply_group(&mut group, &poison).await?;
+                self.backfill_part(consumer, txn, offset, &poison).await?;
+                continue;
+            }
             if self.large.is_none() && txn.chunk_seq == 0 && txn.last && txn.backfill.is_none() {
                 group.push(txn);
                 self.applied(pos);
@@ -482,16 +649,7 @@ impl Session<'_> {
             self.apply_group(&mut group, &poison).await?;
             if txn.last {
                 if let Some(progress) = &txn.backfill {
-                    crate::backfill::save_progress(&self.client, progress).await?;
-                    if progress.done
-                        && !self.fk_enforced
-                        && crate::backfill::all_done(&self.client, self.config).await?
-                    {
-                        // The same transaction that records the end of backfill removes
-                        // what can never be valid (see purge_orphans).
-                        crate::backfill::purge_orphans(&self.client, self.config).await?;
-                        self.backfill_table_done = true;
-                    }
+                    self.backfill_progress(progress).await?;
                 }
                 self.large = None;
                 self.applied(pos);

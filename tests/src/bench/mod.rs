@@ -21,7 +21,10 @@
 //! One consumer streams at a time; the other is stopped (rekey) or not subscribed yet
 //! (native), so neither takes CPU from the other. The servers: a legacy cluster, the
 //! rekey target cluster, a subscriber cluster (native, and the pg_dump copy in its own
-//! database), all `Pg::start()` clusters with the same settings, and one tansu broker.
+//! database), all `Pg::start()` clusters with the same settings, and one tansu broker
+//! keeping its log in memory (`--broker-storage sqlite` for its durable engine, which
+//! spends 0.3–0.5 of a core on sqlite during a backfill: a cost of tansu's, not of rekey
+//! nor of Kafka, whose log is an append to the page cache).
 //! The baselines copy the legacy schema as is, with its foreign keys: they fire for
 //! `pg_dump | psql`, not for native apply (`session_replication_role = replica`), nor
 //! for rekey while its backfill runs (same mechanism; enforced once it is done).
@@ -42,6 +45,7 @@ pub mod streaming;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::broker::Storage;
 use crate::pipeline::{promptstudio_config, Pipeline, DB};
 use crate::scrape::{self, scrape};
 use crate::{Broker, Pg};
@@ -68,8 +72,12 @@ pub struct Options {
     pub drain_bound_secs: Option<f64>,
     pub only: Option<Only>,
     pub chunk_rows: usize,
+    /// `backfill.parallelism`: chunks the writer applies at once.
+    pub parallelism: usize,
     /// librdkafka settings added to (or replacing) the config's `[kafka.options]`.
     pub kafka_options: Vec<(String, String)>,
+    /// How the broker keeps its log (memory unless told otherwise, see [`Storage`]).
+    pub broker_storage: Storage,
     pub clients: u32,
     pub jobs: u32,
     pub out: PathBuf,
@@ -77,8 +85,9 @@ pub struct Options {
 
 pub const USAGE: &str = "usage: rekey-bench [--scale F] [--seed N] [--only backfill|streaming]
                    [--steps \"500,1000,2000,3000,4000,6000,8000,max\"] [--step-secs N]
-                   [--drain-bound-secs S] [--chunk-rows N] [--kafka-option KEY=VALUE]…
-                   [--clients N] [--jobs N] [--out PATH]";
+                   [--drain-bound-secs S] [--chunk-rows N] [--parallelism N]
+                   [--kafka-option KEY=VALUE]…
+                   [--broker-storage memory|sqlite] [--clients N] [--jobs N] [--out PATH]";
 
 /// Rows per backfill chunk the bench runs rekey with: the product default, so the figures
 /// are what a user gets. `--chunk-rows` tries others (at scale 1 on 2 vCPUs, once the
@@ -100,7 +109,9 @@ impl Default for Options {
             drain_bound_secs: None,
             only: None,
             chunk_rows: BENCH_CHUNK_ROWS,
+            parallelism: rekey::config::DEFAULT_BACKFILL_PARALLELISM,
             kafka_options: Vec::new(),
+            broker_storage: Storage::Memory,
             clients: 4,
             jobs: 2,
             out: default_out(),
@@ -176,12 +187,25 @@ impl Options {
                         return Err("--chunk-rows must be at least 1".into());
                     }
                 }
+                "--parallelism" => {
+                    o.parallelism = num(&flag, &value()?)?;
+                    if o.parallelism == 0 {
+                        return Err("--parallelism must be at least 1".into());
+                    }
+                }
                 "--kafka-option" => {
                     let v = value()?;
                     let (k, v) = v
                         .split_once('=')
                         .ok_or_else(|| format!("--kafka-option {v}: use KEY=VALUE"))?;
                     o.kafka_options.push((k.trim().into(), v.trim().into()));
+                }
+                "--broker-storage" => {
+                    o.broker_storage = match value()?.as_str() {
+                        "memory" => Storage::Memory,
+                        "sqlite" => Storage::Sqlite,
+                        v => return Err(format!("--broker-storage {v}: use memory or sqlite")),
+                    }
                 }
                 "--clients" => o.clients = num(&flag, &value()?)?,
                 "--jobs" => o.jobs = num(&flag, &value()?)?,
@@ -290,7 +314,9 @@ pub fn rekey_config(o: &Options) -> String {
             .as_table_mut()
             .unwrap_or_else(|| panic!("{key} is not a table"))
     }
-    table(&mut doc, "backfill").insert("chunk_rows".into(), Value::Integer(o.chunk_rows as i64));
+    let backfill = table(&mut doc, "backfill");
+    backfill.insert("chunk_rows".into(), Value::Integer(o.chunk_rows as i64));
+    backfill.insert("parallelism".into(), Value::Integer(o.parallelism as i64));
     let options = table(table(&mut doc, "kafka"), "options");
     for (k, v) in &o.kafka_options {
         options.insert(k.clone(), Value::String(v.clone()));
@@ -330,8 +356,12 @@ pub async fn run(options: Options) -> Report {
     let began = Instant::now();
     let plan = options.plan();
     println!("starting a legacy, a rekey target and a subscriber PostgreSQL and a tansu broker on loopback…");
-    let (legacy, target, subscriber, broker) =
-        tokio::join!(Pg::start(), Pg::start(), Pg::start(), Broker::start());
+    let (legacy, target, subscriber, broker) = tokio::join!(
+        Pg::start(),
+        Pg::start(),
+        Pg::start(),
+        Broker::start_with(options.broker_storage)
+    );
     let mut p = Pipeline::assemble(legacy, target, broker, &rekey_config(&options)).await;
     subscriber.create_database(DB).await;
     subscriber
@@ -396,15 +426,19 @@ pub async fn run(options: Options) -> Report {
         print_copy(&c);
         report.backfill.push(c);
     }
-    let settings = std::iter::once(format!("chunk_rows = {}", options.chunk_rows))
-        .chain(
-            options
-                .kafka_options
-                .iter()
-                .map(|(k, v)| format!("{k} = {v}")),
-        )
-        .collect::<Vec<_>>()
-        .join(", ");
+    let settings = [
+        format!("chunk_rows = {}", options.chunk_rows),
+        format!("parallelism = {}", options.parallelism),
+    ]
+    .into_iter()
+    .chain(
+        options
+            .kafka_options
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}")),
+    )
+    .collect::<Vec<_>>()
+    .join(", ");
     println!("backfill: rekey (reader + writer, {settings})…");
     let c = backfill::rekey(&mut p, &settings).await;
     print_copy(&c);
@@ -784,6 +818,8 @@ mod tests {
         let mut o = parse(&[
             "--chunk-rows",
             "777",
+            "--parallelism",
+            "3",
             "--kafka-option",
             "compression.type=zstd",
         ])
@@ -791,6 +827,7 @@ mod tests {
         .unwrap();
         let c = rekey::config::Config::parse(&rekey_config(&o)).unwrap();
         assert_eq!(c.backfill.chunk_rows, 777);
+        assert_eq!(c.backfill.parallelism, 3);
         assert_eq!(c.kafka.options["compression.type"], "zstd");
         assert_eq!(c.tables.len(), 9);
         o.kafka_options.clear();
@@ -827,5 +864,11 @@ mod tests {
         assert!(parse(&["--steps", "fast"]).is_err());
         assert!(parse(&["--only", "both"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
+        assert_eq!(parse(&[]).unwrap().unwrap().broker_storage, Storage::Memory);
+        let o = parse(&["--broker-storage", "sqlite"]).unwrap().unwrap();
+        assert_eq!(o.broker_storage, Storage::Sqlite);
+        assert!(parse(&["--broker-storage", "disk"])
+            .unwrap_err()
+            .contains("use memory or sqlite"));
     }
 }

@@ -62,13 +62,14 @@ pub fn table(r: &Report) -> String {
     let o = &r.options;
     let _ = writeln!(
         t,
-        "\nrekey bench: PromptStudio at scale {} ({} rows seeded, seed {}), {} build, {} CPUs, PostgreSQL {}; every server on this machine",
+        "\nrekey bench: PromptStudio at scale {} ({} rows seeded, seed {}), {} build, {} CPUs, PostgreSQL {}, tansu ({} storage); every server on this machine",
         o.scale,
         thousands(r.seeded_rows as f64),
         o.seed,
         r.build,
         r.cpus,
-        r.postgres
+        r.postgres,
+        o.broker_storage.name()
     );
 
     if !r.backfill.is_empty() {
@@ -313,10 +314,12 @@ pub fn json(r: &Report) -> Value {
             "pgbench_jobs": o.jobs,
             "pgbench_mix_percent": super::pgbench::Mix::weights().into_iter().map(|(k, w)| (k.to_string(), json!(w))).collect::<serde_json::Map<_, _>>(),
             "rekey_backfill_chunk_rows": o.chunk_rows,
+            "rekey_backfill_parallelism": o.parallelism,
             "rekey_kafka_options_overridden": o.kafka_options.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "build": r.build,
             "cpus": r.cpus,
             "postgres": r.postgres,
+            "broker_storage": o.broker_storage.name(),
         },
         "backfill": {
             "copies": r.backfill.iter().map(copy_json).collect::<Vec<_>>(),
