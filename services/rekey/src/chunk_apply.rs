@@ -44,9 +44,6 @@ use crate::event;
 use crate::target::Catalog;
 use crate::telemetry;
 
-/// Parts of a chunk queued to its connection: bounds the writer's memory.
-const PARTS_QUEUED: usize = 4;
-
 /// A target connection that applies chunks.
 struct Side {
     client: Client,
@@ -67,8 +64,10 @@ pub struct ChunkPool {
     opened: usize,
     idle: Vec<Side>,
     in_flight: VecDeque<InFlight>,
-    /// The parts of the newest chunk, until its last one is sent.
-    parts: Option<mpsc::Sender<event::Transaction>>,
+    /// The parts of the newest chunk, until its last one is sent. Unbounded, so that
+    /// the writer can go on to the next chunk while this one is still being applied:
+    /// memory is bounded by the chunks in flight (`parallelism` × `chunk_rows` rows).
+    parts: Option<mpsc::UnboundedSender<event::Transaction>>,
 }
 
 impl ChunkPool {
@@ -118,7 +117,7 @@ impl ChunkPool {
                 })?
             }
         };
-        let (tx, rx) = mpsc::channel(PARTS_QUEUED);
+        let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(apply(side, rx));
         self.parts = Some(tx);
         self.in_flight.push_back(InFlight {
@@ -138,7 +137,7 @@ impl ChunkPool {
             .parts
             .as_ref()
             .ok_or_else(|| Error::Invariant("a chunk part without its chunk".into()))?;
-        if tx.send(part).await.is_err() {
+        if tx.send(part).is_err() {
             // The connection gave up: its task has the reason.
             self.parts = None;
             let chunk = self.in_flight.pop_back().expect("the chunk being sent");
@@ -234,7 +233,7 @@ async fn open(config: &Config, catalog: &Catalog) -> Result<Side, Error> {
 /// One chunk, one target transaction: its rows and its backfill progress.
 async fn apply(
     mut side: Side,
-    parts: mpsc::Receiver<event::Transaction>,
+    parts: mpsc::UnboundedReceiver<event::Transaction>,
 ) -> (Side, Result<u64, Error>) {
     let result = apply_in_transaction(&mut side, parts).await;
     (side, result)
@@ -242,7 +241,7 @@ async fn apply(
 
 async fn apply_in_transaction(
     side: &mut Side,
-    mut parts: mpsc::Receiver<event::Transaction>,
+    mut parts: mpsc::UnboundedReceiver<event::Transaction>,
 ) -> Result<u64, Error> {
     let client = &side.client;
     client
@@ -265,6 +264,7 @@ async fn apply_in_transaction(
         }
         if part.last {
             if !claimed {
+                tracing::info!(commit_lsn = %crate::writer::lsn_text(part.position.map_or(0, |p| p.commit_lsn)), "backfill chunk applied before a restart; skipped");
                 break;
             }
             if let Some(progress) = &part.backfill {
