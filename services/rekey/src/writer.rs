@@ -491,12 +491,18 @@ impl Session<'_> {
     /// backfill when it is the last table's last chunk.
     async fn backfill_progress(&mut self, progress: &event::BackfillProgress) -> Result<(), Error> {
         crate::backfill::save_progress(&self.client, progress).await?;
-        if progress.done
-            && !self.fk_enforced
-            && crate::backfill::all_done(&self.client, self.config).await?
-        {
-            // The same transaction that records the end of backfill removes what can
-            // never be valid (see purge_orphans).
+        if progress.done {
+            self.end_of_backfill().await?;
+        }
+        Ok(())
+    }
+
+    /// Once every table's backfill is recorded as done: in the open transaction, removes
+    /// what can never be valid (see purge_orphans) and has foreign keys enforced from its
+    /// commit on.
+    async fn end_of_backfill(&mut self) -> Result<(), Error> {
+        if !self.fk_enforced && crate::backfill::all_done(&self.client, self.config).await? {
+            self.begin().await?;
             crate::backfill::purge_orphans(&self.client, self.config).await?;
             self.backfill_table_done = true;
         }
@@ -564,13 +570,7 @@ impl Session<'_> {
         self.chunk_head = None;
         if let Some(progress) = txn.backfill.as_ref().filter(|p| p.done) {
             pool.drain().await?;
-            if !self.fk_enforced && crate::backfill::all_done(&self.client, self.config).await? {
-                self.begin().await?;
-                // The same transaction that records the end of backfill (in the
-                // checkpoint) removes what can never be valid (see purge_orphans).
-                crate::backfill::purge_orphans(&self.client, self.config).await?;
-                self.backfill_table_done = true;
-            }
+            self.end_of_backfill().await?;
             tracing::debug!(table = %progress.target_table, "table backfilled");
         }
         self.applied(pos);
