@@ -173,6 +173,15 @@ async fn stream(
     // Backfill runs beside the stream for as long as this session lives; a new session
     // resumes it from the progress the writer recorded.
     let (chunk_tx, chunk_rx) = mpsc::channel::<ChunkMsg>(config.backfill.parallelism.max(1) * 2);
+    // Names this session's chunks; watermarks of an earlier session, re-streamed after a
+    // restart, are told apart by it.
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
     let mut backfill_task = if backfill_tables.is_empty() {
         None
     } else {
@@ -184,19 +193,12 @@ async fn stream(
             .map_err(Error::target_db(
                 "connecting to the target to read backfill progress",
             ))?;
-        let run_id = format!(
-            "{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        );
         let task = backfill::run(
             config.clone(),
             backfill_tables.to_vec(),
             source,
             target,
-            run_id,
+            run_id.clone(),
             chunk_tx,
         );
         Some(tokio::spawn(task))
@@ -252,6 +254,7 @@ async fn stream(
         chunks: chunk_rx,
         window: None,
         pending_rows: HashMap::new(),
+        chunk_prefix: format!("{run_id}:"),
         cutover_lsn,
         status_client: Arc::new(status_client),
         pack: Pack::default(),
@@ -469,6 +472,8 @@ struct StreamState<'a> {
     window: Option<Window>,
     /// Chunk rows received but whose high watermark has not been read yet.
     pending_rows: HashMap<String, (Vec<Tuple>, Vec<String>, bool)>,
+    /// `<run id>:`, the start of every chunk name of this session.
+    chunk_prefix: String,
     /// The cutover point, once one is recorded: later legacy writes raise the alarm.
     cutover_lsn: watch::Receiver<Option<u64>>,
     status_client: Arc<tokio_postgres::Client>,
@@ -729,12 +734,18 @@ impl StreamState<'_> {
             return Ok(());
         }
         let chunk = || String::from_utf8_lossy(content).into_owned();
+        let ours = content.starts_with(self.chunk_prefix.as_bytes());
         match prefix {
             slot::HEARTBEAT_PREFIX => {
                 if let Some(open) = &mut self.open {
                     open.heartbeat = true;
                 }
             }
+            // A watermark of an earlier session (re-streamed after a restart) is not
+            // ours: its chunk is copied again by this session's backfill. Acting on it
+            // would close this session's open window or consume the announcement of
+            // its next one, and that chunk's rows would never be published.
+            backfill::LOW_WATERMARK | backfill::HIGH_WATERMARK if !ours => {}
             backfill::LOW_WATERMARK => {
                 let chunk = chunk();
                 self.window = None;
@@ -760,8 +771,6 @@ impl StreamState<'_> {
                         ChunkMsg::Open { .. } => {}
                     }
                 }
-                // A watermark of an earlier session (re-streamed after a restart) finds
-                // no chunk: that chunk is copied again by this session's backfill.
             }
             backfill::HIGH_WATERMARK => {
                 let chunk = chunk();
