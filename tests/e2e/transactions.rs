@@ -11,8 +11,13 @@ use rekey_tests::Pipeline;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn multi_table_and_chunked_transactions_are_seen_whole_and_in_order() {
-    // Small chunks, so the large transaction below spans ~20 messages.
-    let config = promptstudio_config().replace("[source]\n", "[source]\nchunk_max_changes = 50\n");
+    // Small chunks, so the large transaction below spans dozens of messages, and an
+    // in-flight window of one chunk: each message waits for the one before it to be
+    // acknowledged, and nothing stalls or reorders.
+    let config = promptstudio_config().replace(
+        "[source]\n",
+        "[source]\nchunk_max_changes = 50\nchunk_max_bytes = 8192\nmax_in_flight_bytes = 8192\n",
+    );
     let mut p = Pipeline::with_config(&config).await;
     p.start().await;
     p.legacy_sql(

@@ -37,9 +37,10 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, Error> {
     let mut c = client_config(kafka);
     set_default(&mut c, "linger.ms", "2");
-    set_default(&mut c, "message.timeout.ms", "0"); // retry until delivered; the reader's in-flight bound applies back-pressure
-                                                    // Bounded memory: librdkafka would otherwise queue up to 1 GiB of unsent batches while
-                                                    // a backfill outruns the broker; when this fills, the reader waits (QueueFull).
+    // Retry until delivered; the reader's in-flight window applies back-pressure.
+    set_default(&mut c, "message.timeout.ms", "0");
+    // A backstop only: the reader's `source.max_in_flight_bytes` keeps far less queued
+    // (librdkafka's own default would allow 1 GiB); when this fills, the reader waits.
     set_default(&mut c, "queue.buffering.max.kbytes", "65536");
     c.set("enable.idempotence", "true");
     c.set("acks", "all");

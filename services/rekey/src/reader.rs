@@ -15,7 +15,10 @@
 //!   duplicates of whole transactions, which the writer skips by commit LSN.
 //! - **Bounded memory.** A transaction is cut into chunks of at most
 //!   `source.chunk_max_changes` changes / `chunk_max_bytes` bytes; at most
-//!   `source.max_in_flight` messages wait for acknowledgement before reading pauses.
+//!   `source.max_in_flight` messages or `max_in_flight_bytes` bytes wait for
+//!   acknowledgement before reading pauses. The byte bound also keeps librdkafka's own
+//!   queue short: the idempotent producer sends at most 5 requests at a time, and while
+//!   messages wait behind them its broker thread polls in a busy loop.
 //! - **Heartbeats.** Every `heartbeat_interval_secs` the reader writes a transactional
 //!   logical message; it travels the whole pipeline, so an idle source still advances
 //!   the slot and the writer's consistent position.
@@ -251,6 +254,9 @@ async fn stream(
         open: None,
         producer,
         ack: ack_tx,
+        unacked_bytes: Arc::new(tokio::sync::Semaphore::new(
+            config.source.max_in_flight_bytes,
+        )),
         chunks: chunk_rx,
         window: None,
         pending_rows: HashMap::new(),
@@ -391,6 +397,8 @@ fn spawn_cutover(
 /// to be confirmed.
 struct InFlight {
     delivery: Option<DeliveryFuture>,
+    /// The message's share of `source.max_in_flight_bytes`, returned once it is acknowledged.
+    _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
     changes: u64,
     /// Set on the last message of a transaction: the LSN that may then be confirmed.
     confirm: Option<u64>,
@@ -468,6 +476,8 @@ struct StreamState<'a> {
     open: Option<OpenTxn>,
     producer: &'a FutureProducer,
     ack: mpsc::Sender<InFlight>,
+    /// Bytes published and not acknowledged yet (`source.max_in_flight_bytes`).
+    unacked_bytes: Arc<tokio::sync::Semaphore>,
     chunks: mpsc::Receiver<ChunkMsg>,
     window: Option<Window>,
     /// Chunk rows received but whose high watermark has not been read yet.
@@ -588,6 +598,7 @@ impl StreamState<'_> {
                     if self.pack.transactions.is_empty() {
                         self.enqueue(InFlight {
                             delivery: None,
+                            _bytes: None,
                             changes: 0,
                             confirm: Some(end_lsn.as_u64()),
                         })
@@ -1005,6 +1016,13 @@ impl StreamState<'_> {
             transactions,
         };
         let payload = batch.encode_to_vec();
+        let share = payload.len().min(self.config.source.max_in_flight_bytes);
+        let bytes = self
+            .unacked_bytes
+            .clone()
+            .acquire_many_owned(u32::try_from(share).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| Error::Invariant("the in-flight byte window closed".into()))?;
         let key = first_lsn.to_be_bytes();
         let delivery = loop {
             let record = FutureRecord::to(&self.config.kafka.topic)
@@ -1024,6 +1042,7 @@ impl StreamState<'_> {
         };
         self.enqueue(InFlight {
             delivery: Some(delivery),
+            _bytes: Some(bytes),
             changes,
             confirm,
         })
