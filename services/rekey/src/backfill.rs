@@ -298,6 +298,30 @@ pub fn tables(config: &Config, catalog: &SourceCatalog) -> Result<Vec<Arc<Backfi
     Ok(out)
 }
 
+/// A one-table [`BackfillTable`] of text columns, the first the key: for unit tests.
+#[cfg(test)]
+pub(crate) fn test_table(name: &str, columns: &[&str]) -> Arc<BackfillTable> {
+    let config = Config::parse(&format!(
+        "[kafka]\nbrokers = \"x\"\n[[tables]]\nname = \"{name}\"\nid = \"{}\"\n",
+        columns[0]
+    ))
+    .expect("test config");
+    let mut catalog = SourceCatalog::default();
+    catalog.tables.insert(
+        config.tables[0].source_name(),
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| crate::slot::SourceColumn {
+                name: (*c).into(),
+                type_name: "text".into(),
+                is_key: i == 0,
+            })
+            .collect(),
+    );
+    tables(&config, &catalog).expect("test table").remove(0)
+}
+
 /// Copies every table not yet done, chunk by chunk, handing rows to the stream loop.
 /// Returns when all tables are done (or the stream loop went away).
 pub async fn run(

@@ -15,6 +15,7 @@
 //! - [`event`]: the protobuf types built from `proto/`.
 //! - [`publish`]: the Kafka producer side and broker/topic checks.
 //! - [`backfill`]: copies pre-existing rows in watermarked chunks beside the stream.
+//! - [`watermark`]: the stream side of backfill: watermark windows, what the stream supersedes.
 //! - [`reader`]: the streaming loop that ties the above together.
 //! - [`target`]: the target catalog (columns, keys, soft delete).
 //! - [`apply`]: idempotent, order-guarded batched writes into the target.
@@ -44,6 +45,7 @@ pub mod status;
 pub mod target;
 pub mod telemetry;
 pub mod verify;
+pub mod watermark;
 pub mod writer;
 
 pub use error::Error;

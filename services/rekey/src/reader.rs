@@ -36,10 +36,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backfill::{self, ChunkMsg};
 use crate::config::Config;
 use crate::error::Error;
-use crate::event::{self, value::Kind, Op, PG_EPOCH_OFFSET_MICROS};
+use crate::event::{self, Op, PG_EPOCH_OFFSET_MICROS};
 use crate::mapping::{value_size, TableMap};
-use crate::pgoutput::{self, Message, Tuple};
+use crate::pgoutput::{self, Message};
 use crate::rekey::Rekeyer;
+use crate::watermark::{ChunkRows, Fate, Watermarks, Window};
 use crate::{publish, slot, telemetry};
 
 const RETRY_START: Duration = Duration::from_millis(500);
@@ -257,10 +258,7 @@ async fn stream(
         unacked_bytes: Arc::new(tokio::sync::Semaphore::new(
             config.source.max_in_flight_bytes,
         )),
-        chunks: chunk_rx,
-        window: None,
-        pending_rows: HashMap::new(),
-        chunk_prefix: format!("{run_id}:"),
+        watermarks: Watermarks::new(chunk_rx, &run_id),
         cutover_lsn,
         status_client: Arc::new(status_client),
         pack: Pack::default(),
@@ -449,24 +447,6 @@ struct OpenTxn {
     backfill: Option<event::BackfillProgress>,
 }
 
-/// A backfill chunk's watermark window: the keys of its table the stream changed
-/// between the low and the high watermark.
-struct Window {
-    chunk: String,
-    table: Arc<backfill::BackfillTable>,
-    changed: HashMap<String, Touched>,
-    truncated: bool,
-}
-
-/// What the stream did to a key inside a window.
-enum Touched {
-    /// The stream carries the row's full newer image, or its delete: drop the chunk's copy.
-    Superseded,
-    /// Only updates with unchanged TOAST values: keep the chunk's copy, overlaid with the
-    /// newer values these updates carry (`None` = not carried).
-    Overlay(Vec<Option<event::Value>>),
-}
-
 struct StreamState<'a> {
     config: &'a Config,
     rekeyer: Rekeyer,
@@ -478,12 +458,8 @@ struct StreamState<'a> {
     ack: mpsc::Sender<InFlight>,
     /// Bytes published and not acknowledged yet (`source.max_in_flight_bytes`).
     unacked_bytes: Arc<tokio::sync::Semaphore>,
-    chunks: mpsc::Receiver<ChunkMsg>,
-    window: Option<Window>,
-    /// Chunk rows received but whose high watermark has not been read yet.
-    pending_rows: HashMap<String, (Vec<Tuple>, Vec<String>, bool)>,
-    /// `<run id>:`, the start of every chunk name of this session.
-    chunk_prefix: String,
+    /// Backfill chunks: their announcements and rows, matched with their watermarks.
+    watermarks: Watermarks,
     /// The cutover point, once one is recorded: later legacy writes raise the alarm.
     cutover_lsn: watch::Receiver<Option<u64>>,
     status_client: Arc<tokio_postgres::Client>,
@@ -647,7 +623,8 @@ impl StreamState<'_> {
                     return Ok(());
                 };
                 let img = map.image(&self.rekeyer, &new)?;
-                self.touch(&map, &img.legacy_key, None);
+                self.watermarks
+                    .touch(&map.source_table, &img.legacy_key, None);
                 self.push(&map, Op::Insert, img, None).await?;
             }
             Message::Update {
@@ -664,7 +641,8 @@ impl StreamState<'_> {
                     Some(old) => {
                         let old_img = map.key_image(&self.rekeyer, old)?;
                         if old_img.legacy_key != img.legacy_key {
-                            self.touch(&map, &old_img.legacy_key, None);
+                            self.watermarks
+                                .touch(&map.source_table, &old_img.legacy_key, None);
                             Some(old_img.values)
                         } else {
                             None
@@ -672,7 +650,8 @@ impl StreamState<'_> {
                     }
                     None => None,
                 };
-                self.touch(&map, &img.legacy_key, Some(&img.values));
+                self.watermarks
+                    .touch(&map.source_table, &img.legacy_key, Some(&img.values));
                 self.push(&map, Op::Update, img, old_key).await?;
             }
             Message::Delete { relation, key, old } => {
@@ -686,7 +665,8 @@ impl StreamState<'_> {
                     )));
                 };
                 let img = map.key_image(&self.rekeyer, old)?;
-                self.touch(&map, &img.legacy_key, None);
+                self.watermarks
+                    .touch(&map.source_table, &img.legacy_key, None);
                 self.push(&map, Op::Delete, img, None).await?;
             }
             Message::Truncate { relations, .. } => {
@@ -699,11 +679,7 @@ impl StreamState<'_> {
                         legacy_key: String::new(),
                         values: Vec::new(),
                     };
-                    if let Some(w) = &mut self.window {
-                        if w.table.map.source_table == map.source_table {
-                            w.truncated = true;
-                        }
-                    }
+                    self.watermarks.truncate(&map.source_table);
                     self.push(&map, Op::Truncate, img, None).await?;
                 }
             }
@@ -744,77 +720,17 @@ impl StreamState<'_> {
         if !transactional {
             return Ok(());
         }
-        let chunk = || String::from_utf8_lossy(content).into_owned();
-        let ours = content.starts_with(self.chunk_prefix.as_bytes());
         match prefix {
             slot::HEARTBEAT_PREFIX => {
                 if let Some(open) = &mut self.open {
                     open.heartbeat = true;
                 }
             }
-            // A watermark of an earlier session (re-streamed after a restart) is not
-            // ours: its chunk is copied again by this session's backfill. Acting on it
-            // would close this session's open window or consume the announcement of
-            // its next one, and that chunk's rows would never be published.
-            backfill::LOW_WATERMARK | backfill::HIGH_WATERMARK if !ours => {}
-            backfill::LOW_WATERMARK => {
-                let chunk = chunk();
-                self.window = None;
-                while let Ok(msg) = self.chunks.try_recv() {
-                    match msg {
-                        ChunkMsg::Open { chunk: c, table } if c == chunk => {
-                            self.window = Some(Window {
-                                chunk,
-                                table,
-                                changed: HashMap::new(),
-                                truncated: false,
-                            });
-                            break;
-                        }
-                        ChunkMsg::Rows {
-                            chunk: c,
-                            rows,
-                            last_key,
-                            done,
-                        } => {
-                            self.pending_rows.insert(c, (rows, last_key, done));
-                        }
-                        ChunkMsg::Open { .. } => {}
-                    }
-                }
-            }
+            backfill::LOW_WATERMARK => self.watermarks.low(content),
             backfill::HIGH_WATERMARK => {
-                let chunk = chunk();
-                let Some(window) = self.window.take_if(|w| w.chunk == chunk) else {
-                    return Ok(());
-                };
-                let mut found = self.pending_rows.remove(&chunk);
-                while found.is_none() {
-                    match self.chunks.try_recv() {
-                        Ok(ChunkMsg::Rows {
-                            chunk: c,
-                            rows,
-                            last_key,
-                            done,
-                        }) if c == chunk => found = Some((rows, last_key, done)),
-                        Ok(ChunkMsg::Rows {
-                            chunk: c,
-                            rows,
-                            last_key,
-                            done,
-                        }) => {
-                            self.pending_rows.insert(c, (rows, last_key, done));
-                        }
-                        Ok(ChunkMsg::Open { .. }) => {}
-                        Err(_) => break,
-                    }
+                if let Some((window, rows)) = self.watermarks.high(content)? {
+                    self.emit_chunk(window, rows).await?;
                 }
-                let Some((rows, last_key, done)) = found else {
-                    return Err(Error::Invariant(format!(
-                        "backfill chunk {chunk}: rows missing at its high watermark"
-                    )));
-                };
-                self.emit_chunk(window, rows, last_key, done).await?;
             }
             _ => {}
         }
@@ -823,35 +739,30 @@ impl StreamState<'_> {
 
     /// Publishes the chunk rows the stream did not supersede, inside the high
     /// watermark's transaction (so at its position), with the chunk's progress.
-    async fn emit_chunk(
-        &mut self,
-        window: Window,
-        rows: Vec<Tuple>,
-        last_key: Vec<String>,
-        done: bool,
-    ) -> Result<(), Error> {
+    async fn emit_chunk(&mut self, window: Window, chunk: ChunkRows) -> Result<(), Error> {
+        let ChunkRows {
+            rows,
+            last_key,
+            done,
+        } = chunk;
         let table = window.table.clone();
         let map = &table.map;
         let (mut copied, mut superseded) = (0u64, 0u64);
         for tuple in rows {
             let mut img = map.image(&self.rekeyer, &tuple)?;
-            match window.changed.get(&img.legacy_key) {
-                _ if window.truncated => {
+            match window.fate(&img.legacy_key) {
+                Fate::Superseded => {
                     superseded += 1;
                     continue;
                 }
-                Some(Touched::Superseded) => {
-                    superseded += 1;
-                    continue;
-                }
-                Some(Touched::Overlay(newer)) => {
+                Fate::Overlay(newer) => {
                     for (v, n) in img.values.iter_mut().zip(newer) {
                         if let Some(n) = n {
                             *v = n.clone();
                         }
                     }
                 }
-                None => {}
+                Fate::Copy => {}
             }
             self.push(map, Op::Backfill, img, None).await?;
             copied += 1;
@@ -876,39 +787,6 @@ impl StreamState<'_> {
             done,
         });
         Ok(())
-    }
-
-    /// Records what the stream did to `key` while a backfill window on its table is
-    /// open. `update` is the new image of an update (None for inserts and deletes).
-    fn touch(&mut self, map: &TableMap, key: &str, update: Option<&[event::Value]>) {
-        let Some(w) = &mut self.window else { return };
-        if w.table.map.source_table != map.source_table {
-            return;
-        }
-        let partial =
-            update.filter(|v| v.iter().any(|x| matches!(x.kind, Some(Kind::Unchanged(_)))));
-        let carried = |v: &[event::Value]| -> Vec<Option<event::Value>> {
-            v.iter()
-                .map(|x| (!matches!(x.kind, Some(Kind::Unchanged(_)))).then(|| x.clone()))
-                .collect()
-        };
-        match (w.changed.get_mut(key), partial) {
-            (Some(Touched::Superseded), _) => {}
-            (Some(Touched::Overlay(overlay)), Some(values)) => {
-                for (o, n) in overlay.iter_mut().zip(carried(values)) {
-                    if n.is_some() {
-                        *o = n;
-                    }
-                }
-            }
-            (None, Some(values)) => {
-                w.changed
-                    .insert(key.to_string(), Touched::Overlay(carried(values)));
-            }
-            (_, None) => {
-                w.changed.insert(key.to_string(), Touched::Superseded);
-            }
-        }
     }
 
     async fn push(
