@@ -27,6 +27,54 @@ async fn backfill_state(p: &Pipeline) -> Vec<(String, i64, i64, i64, bool)> {
     }
 }
 
+/// The new store's indexes: (name, definition).
+async fn indexes(p: &Pipeline) -> Vec<(String, String)> {
+    index_defs(&p.target_client().await).await
+}
+
+async fn index_defs(t: &tokio_postgres::Client) -> Vec<(String, String)> {
+    t.query(
+        "SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+        &[],
+    )
+    .await
+    .expect("reading the target's indexes")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+async fn deferred_names(t: &tokio_postgres::Client) -> Vec<String> {
+    t.query(
+        "SELECT index_name FROM rekey.deferred_index ORDER BY 1",
+        &[],
+    )
+    .await
+    .expect("reading rekey.deferred_index")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Waits until the new store has exactly the indexes it had before the migration
+/// started (the deferred ones are built again once their table is in), and none is
+/// left recorded as deferred.
+async fn assert_indexes_back(p: &Pipeline, before: &[(String, String)]) {
+    let t = p.target_client().await;
+    wait_until(
+        "every deferred index built again",
+        Duration::from_secs(60),
+        || async {
+            let deferred: i64 = t
+                .query_one("SELECT count(*) FROM rekey.deferred_index", &[])
+                .await
+                .map_or(-1, |r| r.get(0));
+            deferred == 0 && indexes(p).await == before
+        },
+    )
+    .await;
+}
+
 /// Updates and deletes rows all over the legacy database until told to stop.
 fn churn(
     mut legacy: tokio_postgres::Client,
@@ -50,6 +98,7 @@ async fn existing_rows_arrive_while_changes_stream() {
     let mut p = Pipeline::with_config(&config(1000, 0)).await;
     let legacy = p.legacy_client().await;
     let seeded = rekey_workload::seed(&legacy, 0.1, 3).await.expect("seed");
+    let before = indexes(&p).await;
     let stop = Arc::new(AtomicBool::new(false));
     p.start().await;
     let churner = churn(p.legacy_client().await, stop.clone(), 5);
@@ -69,6 +118,7 @@ async fn existing_rows_arrive_while_changes_stream() {
         "the workload ran {txns} transactions during backfill"
     );
     p.assert_converged().await;
+    assert_indexes_back(&p, &before).await;
     // Foreign keys too: rows the stream wrote before their parents' chunks all point at
     // existing rows now (rekeyctl verify checks every reference).
     let mut verify = Service::spawn(
@@ -233,6 +283,7 @@ async fn a_killed_writer_loses_and_double_counts_no_chunk() {
     let mut p = Pipeline::with_config(&config(500, 20)).await;
     let legacy = p.legacy_client().await;
     let seeded = rekey_workload::seed(&legacy, 0.1, 33).await.expect("seed");
+    let before = indexes(&p).await;
     p.start().await;
     wait_until(
         "prompt_executions partly backfilled",
@@ -245,6 +296,53 @@ async fn a_killed_writer_loses_and_double_counts_no_chunk() {
         },
     )
     .await;
+    // Its foreign-key indexes wait for the end of its backfill, recorded.
+    let during = indexes(&p).await;
+    let deferred: Vec<String> = p
+        .target_client()
+        .await
+        .query(
+            "SELECT index_name FROM rekey.deferred_index WHERE target_table = 'public.prompt_executions' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        deferred,
+        [
+            "prompt_executions_prompt_template_id_idx",
+            "prompt_executions_variable_collection_id_idx"
+        ]
+    );
+    assert!(
+        during.iter().all(|(name, _)| !deferred.contains(name))
+            && during
+                .iter()
+                .any(|(name, _)| name == "prompt_executions_pkey"),
+        "deferred indexes are dropped, the primary key stays: {during:?}"
+    );
+    // …and the operator is told.
+    let mut status = Service::spawn(
+        "rekeyctl",
+        &["--config", &p.config_arg(), "status"],
+        &p.env(),
+    );
+    status
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("status exits");
+    assert!(
+        status
+            .output()
+            .lines()
+            .any(|l| l.starts_with("backfill: public.prompt_executions ")
+                && l.ends_with(", 2 indexes deferred until done")),
+        "{}",
+        status.output()
+    );
     p.writer.as_mut().unwrap().kill9();
     p.start_writer();
     wait_until(
@@ -264,6 +362,7 @@ async fn a_killed_writer_loses_and_double_counts_no_chunk() {
         seeded.total(),
         "no workload ran, so every seeded row is copied and counted exactly once: {state:?}"
     );
+    assert_indexes_back(&p, &before).await;
     let mut verify = Service::spawn(
         "rekeyctl",
         &["--config", &p.config_arg(), "verify"],
@@ -277,5 +376,56 @@ async fn a_killed_writer_loses_and_double_counts_no_chunk() {
         status.success(),
         "verify found differences:\n{}",
         verify.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deferred_indexes_come_back_once_their_table_is_done_or_deferral_is_off() {
+    // The writer's start-up step, on its own: whatever a crash left behind, a table
+    // still being copied has its secondary indexes deferred, a table that is in has
+    // them built again, and turning deferral off brings every one back as it was.
+    let pg = rekey_tests::Pg::start().await;
+    pg.create_database("target").await;
+    let t = pg.connect("target").await;
+    t.batch_execute(rekey_workload::TARGET_SQL).await.unwrap();
+    t.batch_execute(rekey::backfill::SCHEMA_SQL).await.unwrap();
+    let before = index_defs(&t).await;
+    let mut config = rekey::config::Config::parse(promptstudio_config()).unwrap();
+
+    rekey::deferred_index::reconcile(&t, &config).await.unwrap();
+    let dropped = deferred_names(&t).await;
+    assert_eq!(dropped.len(), 11, "every non-unique index: {dropped:?}");
+    let during = index_defs(&t).await;
+    for (name, def) in &during {
+        assert!(!dropped.contains(name));
+        assert!(
+            name.ends_with("_pkey") || def.starts_with("CREATE UNIQUE INDEX"),
+            "only keys and unique indexes stay: {name}"
+        );
+    }
+    // Idempotent: a second start changes nothing.
+    rekey::deferred_index::reconcile(&t, &config).await.unwrap();
+    assert_eq!(deferred_names(&t).await, dropped);
+
+    t.batch_execute(
+        "INSERT INTO rekey.backfill (target_table, source_table, done)
+         VALUES ('public.prompt_executions', 'public.prompt_executions', true)",
+    )
+    .await
+    .unwrap();
+    rekey::deferred_index::reconcile(&t, &config).await.unwrap();
+    assert!(!deferred_names(&t)
+        .await
+        .iter()
+        .any(|n| n.starts_with("prompt_executions_")));
+    assert_eq!(deferred_names(&t).await.len(), 9);
+
+    config.backfill.defer_indexes = false;
+    rekey::deferred_index::reconcile(&t, &config).await.unwrap();
+    assert!(deferred_names(&t).await.is_empty());
+    assert_eq!(
+        index_defs(&t).await,
+        before,
+        "every index back, defined as it was"
     );
 }

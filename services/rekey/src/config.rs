@@ -193,6 +193,10 @@ pub struct BackfillConfig {
     /// Pause between chunks, to spare a busy legacy database.
     #[serde(default)]
     pub pause_ms: u64,
+    /// Drop a table's non-unique secondary indexes while its backfill runs and build
+    /// them once it is in (see `deferred_index`).
+    #[serde(default = "default_true")]
+    pub defer_indexes: bool,
     /// Testing aid: hold each chunk's watermark window open this long after its SELECT.
     #[serde(default)]
     pub window_delay_ms: u64,

@@ -21,6 +21,7 @@
 //! - [`apply`]: idempotent, order-guarded batched writes into the target.
 //! - [`checkpoint`]: the writer's position, kept in the target in the applying transaction.
 //! - [`chunk_apply`]: backfill chunks applied on extra target connections, beside the stream.
+//! - [`deferred_index`]: secondary indexes built after a table's backfill, not during it.
 //! - [`writer`]: the consuming loop.
 //! - [`telemetry`]: logging set-up and all metric names.
 //! - [`verify`]: `rekeyctl verify`, the comparison of the legacy and the new store.
@@ -31,6 +32,7 @@ pub mod checkpoint;
 pub mod chunk_apply;
 pub mod config;
 pub mod cutover;
+pub mod deferred_index;
 pub mod error;
 pub mod event;
 pub mod health;

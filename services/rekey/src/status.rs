@@ -19,8 +19,8 @@ pub struct Status {
     pub checkpoint: Option<checkpoint::Checkpoint>,
     /// The recorded cutover state (`rekey.status`).
     pub cutover: Option<crate::cutover::Status>,
-    /// Per table: (target table, rows copied, done).
-    pub backfill: Vec<(String, i64, bool)>,
+    /// Per table: (target table, rows copied, done, indexes deferred until it is done).
+    pub backfill: Vec<(String, i64, bool, i64)>,
 }
 
 impl Status {
@@ -44,8 +44,8 @@ impl Status {
         let backfill: Vec<String> = self
             .backfill
             .iter()
-            .map(|(t, rows, done)| {
-                format!("{{\"table\":\"{t}\",\"rows_copied\":{rows},\"done\":{done}}}")
+            .map(|(t, rows, done, deferred)| {
+                format!("{{\"table\":\"{t}\",\"rows_copied\":{rows},\"done\":{done},\"indexes_deferred\":{deferred}}}")
             })
             .collect();
         let fields = [
@@ -142,11 +142,16 @@ impl fmt::Display for Status {
         if let Some(lag) = self.lag_bytes() {
             writeln!(f, "lag:      {lag} bytes of source WAL")?;
         }
-        for (table, rows, done) in &self.backfill {
+        for (table, rows, done, deferred) in &self.backfill {
             writeln!(
                 f,
-                "backfill: {table} {rows} rows copied{}",
-                if *done { ", done" } else { "" }
+                "backfill: {table} {rows} rows copied{}{}",
+                if *done { ", done" } else { "" },
+                if *deferred > 0 {
+                    format!(", {deferred} indexes deferred until done")
+                } else {
+                    String::new()
+                }
             )?;
         }
         Ok(())
@@ -181,7 +186,10 @@ pub async fn read(config: &Config) -> Result<Status, Error> {
         status.cutover = crate::cutover::load(&c, &config.source.slot).await?;
         for t in &config.tables {
             let p = crate::backfill::load_progress(&c, &t.target_name()).await?;
-            status.backfill.push((t.target_name(), p.rows, p.done));
+            let deferred = crate::deferred_index::count(&c, &t.target_name()).await?;
+            status
+                .backfill
+                .push((t.target_name(), p.rows, p.done, deferred));
         }
     }
     Ok(status)

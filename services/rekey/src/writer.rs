@@ -226,6 +226,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         .batch_execute(crate::backfill::SCHEMA_SQL)
         .await
         .map_err(Error::target_db("creating the rekey.backfill table"))?;
+    crate::deferred_index::reconcile(&client, config).await?;
     let topic = &config.kafka.topic;
     let saved = checkpoint::load(&client, topic, publish::PARTITION).await?;
     let fk_enforced = fk_mode(&client, config).await?;
@@ -492,6 +493,7 @@ impl Session<'_> {
     async fn backfill_progress(&mut self, progress: &event::BackfillProgress) -> Result<(), Error> {
         crate::backfill::save_progress(&self.client, progress).await?;
         if progress.done {
+            crate::deferred_index::restore(&self.client, &progress.target_table).await?;
             self.end_of_backfill().await?;
         }
         Ok(())
@@ -570,6 +572,10 @@ impl Session<'_> {
         self.chunk_head = None;
         if let Some(progress) = txn.backfill.as_ref().filter(|p| p.done) {
             pool.drain().await?;
+            // The table is in: its deferred indexes are built in the writer's next
+            // transaction (after a crash before it commits, at the writer's start).
+            self.begin().await?;
+            crate::deferred_index::restore(&self.client, &progress.target_table).await?;
             self.end_of_backfill().await?;
             tracing::debug!(table = %progress.target_table, "table backfilled");
         }

@@ -237,9 +237,11 @@ pub async fn rekey(p: &mut Pipeline, settings: &str) -> Copy {
     let target = p.target_client().await;
     let deadline = Duration::from_secs(3600);
     loop {
+        // Done: every table copied and every deferred index built again.
         let done = target
             .query_one(
-                "SELECT count(*) FILTER (WHERE done) FROM rekey.backfill",
+                "SELECT CASE WHEN EXISTS (SELECT FROM rekey.deferred_index) THEN -1
+                        ELSE (SELECT count(*) FILTER (WHERE done) FROM rekey.backfill) END",
                 &[],
             )
             .await

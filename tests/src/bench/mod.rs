@@ -76,6 +76,8 @@ pub struct Options {
     pub chunk_rows: usize,
     /// `backfill.parallelism`: chunks the writer applies at once.
     pub parallelism: usize,
+    /// `backfill.defer_indexes`: secondary indexes built after each table's backfill.
+    pub defer_indexes: bool,
     /// librdkafka settings added to (or replacing) the config's `[kafka.options]`.
     pub kafka_options: Vec<(String, String)>,
     /// How the broker keeps its log (sqlite, as in the tests, unless told otherwise).
@@ -87,7 +89,7 @@ pub struct Options {
 
 pub const USAGE: &str = "usage: rekey-bench [--scale F] [--seed N] [--only backfill|streaming]
                    [--steps \"500,1000,2000,3000,4000,6000,8000,max\"] [--step-secs N]
-                   [--drain-bound-secs S] [--chunk-rows N] [--parallelism N]
+                   [--drain-bound-secs S] [--chunk-rows N] [--parallelism N] [--no-defer-indexes]
                    [--kafka-option KEY=VALUE]…
                    [--broker-storage memory|sqlite] [--clients N] [--jobs N] [--out PATH]";
 
@@ -112,6 +114,7 @@ impl Default for Options {
             only: None,
             chunk_rows: BENCH_CHUNK_ROWS,
             parallelism: rekey::config::DEFAULT_BACKFILL_PARALLELISM,
+            defer_indexes: true,
             kafka_options: Vec::new(),
             broker_storage: Storage::Sqlite,
             clients: 4,
@@ -195,6 +198,7 @@ impl Options {
                         return Err("--parallelism must be at least 1".into());
                     }
                 }
+                "--no-defer-indexes" => o.defer_indexes = false,
                 "--kafka-option" => {
                     let v = value()?;
                     let (k, v) = v
@@ -319,6 +323,7 @@ pub fn rekey_config(o: &Options) -> String {
     let backfill = table(&mut doc, "backfill");
     backfill.insert("chunk_rows".into(), Value::Integer(o.chunk_rows as i64));
     backfill.insert("parallelism".into(), Value::Integer(o.parallelism as i64));
+    backfill.insert("defer_indexes".into(), Value::Boolean(o.defer_indexes));
     let options = table(table(&mut doc, "kafka"), "options");
     for (k, v) in &o.kafka_options {
         options.insert(k.clone(), Value::String(v.clone()));
@@ -431,6 +436,7 @@ pub async fn run(options: Options) -> Report {
     let settings = [
         format!("chunk_rows = {}", options.chunk_rows),
         format!("parallelism = {}", options.parallelism),
+        format!("defer_indexes = {}", options.defer_indexes),
     ]
     .into_iter()
     .chain(
@@ -824,17 +830,21 @@ mod tests {
             "3",
             "--kafka-option",
             "compression.type=zstd",
+            "--no-defer-indexes",
         ])
         .unwrap()
         .unwrap();
         let c = rekey::config::Config::parse(&rekey_config(&o)).unwrap();
         assert_eq!(c.backfill.chunk_rows, 777);
         assert_eq!(c.backfill.parallelism, 3);
+        assert!(!c.backfill.defer_indexes);
         assert_eq!(c.kafka.options["compression.type"], "zstd");
         assert_eq!(c.tables.len(), 9);
         o.kafka_options.clear();
+        o.defer_indexes = true;
         let c = rekey::config::Config::parse(&rekey_config(&o)).unwrap();
         assert_eq!(c.kafka.options["compression.type"], "none");
+        assert!(c.backfill.defer_indexes);
         assert!(rekey_config(&o).contains("heartbeat_interval_secs = 10"));
     }
 
