@@ -96,6 +96,12 @@ pub fn table(r: &Report) -> String {
         for c in &r.backfill {
             let _ = writeln!(t, "    {:<8} {}", c.method, c.description);
             let _ = writeln!(t, "    {:<8} cpu % of one core: {}", "", cpu_text(&c.cpu));
+            let _ = writeln!(
+                t,
+                "    {:<8} cpu µs per row: {}",
+                "",
+                cpu_text(&c.cpu_micros_per_row())
+            );
         }
     }
 
@@ -230,6 +236,7 @@ fn copy_json(c: &Copy) -> Value {
         "rows_per_sec": c.rows_per_sec(),
         "check": { "method": c.check_method, "ok": c.check.is_ok(), "error": c.check.as_ref().err() },
         "cpu_percent_of_one_core": c.cpu.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "cpu_micros_per_row": c.cpu_micros_per_row().into_iter().map(|(n, v)| (n, json!(v))).collect::<serde_json::Map<_, _>>(),
     })
 }
 
