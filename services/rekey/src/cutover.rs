@@ -240,8 +240,11 @@ pub async fn run(
             .await
             .map_err(Error::target_db("reading the consistent position"))?
             .get(0);
-        let backfilling =
-            config.backfill.enabled && !crate::backfill::all_done(target, config).await?;
+        // Backfill is over once every table is copied and its deferred indexes are
+        // built again (the writer does that in the transaction after the last chunk).
+        let backfilling = config.backfill.enabled
+            && (!crate::backfill::all_done(target, config).await?
+                || crate::deferred_index::any(target).await?);
         if applied as u64 >= point && !backfilling {
             break;
         }

@@ -19,8 +19,8 @@
 //! and forgetting. The writer reconciles at every start ([`reconcile`]): a table whose
 //! backfill is recorded as done, or every table when backfill or deferral is turned off,
 //! gets its recorded indexes back; a table still being copied has its indexes deferred.
-//! `rekeyctl cutover` needs every table's backfill done, so the new store is never cut
-//! over without its indexes.
+//! The cutover waits until no index is deferred any more (see [`any`]), so the new store
+//! is never cut over without its indexes.
 
 use std::time::Instant;
 
@@ -148,15 +148,21 @@ pub async fn restore(client: &Client, table: &str) -> Result<usize, Error> {
     Ok(rows.len())
 }
 
-/// How many indexes of `table` (target name) are deferred now.
-pub async fn count(client: &Client, table: &str) -> Result<i64, Error> {
+/// How many indexes of `table` (target name, or every table for `None`) are deferred now.
+pub async fn count(client: &Client, table: Option<&str>) -> Result<i64, Error> {
     client
         .query_one(
             "SELECT CASE WHEN to_regclass('rekey.deferred_index') IS NULL THEN 0
-                    ELSE (SELECT count(*) FROM rekey.deferred_index WHERE target_table = $1) END",
+                    ELSE (SELECT count(*) FROM rekey.deferred_index
+                           WHERE $1::text IS NULL OR target_table = $1) END",
             &[&table],
         )
         .await
         .map(|r| r.get(0))
         .map_err(Error::target_db("reading the deferred indexes"))
+}
+
+/// Whether any index is still deferred.
+pub async fn any(client: &Client) -> Result<bool, Error> {
+    Ok(count(client, None).await? > 0)
 }

@@ -186,7 +186,7 @@ pub async fn read(config: &Config) -> Result<Status, Error> {
         status.cutover = crate::cutover::load(&c, &config.source.slot).await?;
         for t in &config.tables {
             let p = crate::backfill::load_progress(&c, &t.target_name()).await?;
-            let deferred = crate::deferred_index::count(&c, &t.target_name()).await?;
+            let deferred = crate::deferred_index::count(&c, Some(&t.target_name())).await?;
             status
                 .backfill
                 .push((t.target_name(), p.rows, p.done, deferred));
