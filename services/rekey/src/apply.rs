@@ -35,7 +35,7 @@ use crate::target::{Catalog, TargetTable};
 use crate::telemetry;
 
 /// What a run does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Kind2 {
     /// Full row images: insert or update everything.
     Upsert,
@@ -155,7 +155,8 @@ impl Applier {
         client: &Client,
         txns: &[&event::Transaction],
     ) -> Result<u64, Error> {
-        let runs = plan(txns)?;
+        let catalog = &self.catalog;
+        let runs = plan(txns, &|t: &str| catalog.get(t).is_some_and(|t| t.reorderable))?;
         self.pipeline(client, runs).await?;
         Ok(txns.iter().map(|t| t.changes.len() as u64).sum())
     }
@@ -253,10 +254,27 @@ impl Applier {
     }
 }
 
-/// The runs of consecutive transactions, in order.
-fn plan<'a>(txns: &[&'a event::Transaction]) -> Result<Vec<Run<'a>>, Error> {
+/// The runs of consecutive transactions.
+///
+/// A change joins the run before it when that run is of its table and kind (source
+/// order). A change to a table where `reorderable` holds may also join an *earlier* run
+/// of its table and kind, across the runs after it, when none of those touches the same
+/// row and none is of a table where `reorderable` does not hold, or a truncate: every
+/// row's changes stay in source order, and changes to different rows of such tables
+/// commute inside one target transaction (see [`crate::target::TargetTable::reorderable`]).
+/// A mix of small transactions interleaving a few tables then costs a statement per
+/// table and kind instead of one per change.
+fn plan<'a>(
+    txns: &[&'a event::Transaction],
+    reorderable: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Run<'a>>, Error> {
     let mut runs: Vec<Run<'a>> = Vec::new();
     let mut applied: HashMap<(&str, Op), u64> = HashMap::new();
+    // The newest run of each (table, kind); the newest run touching each row; the
+    // newest run no change may be moved before.
+    let mut newest: HashMap<(&'a str, Kind2), usize> = HashMap::new();
+    let mut touched: HashMap<(&'a str, Vec<&'a str>), usize> = HashMap::new();
+    let mut barrier: Option<usize> = None;
     for txn in txns {
         let position = txn.position.unwrap_or_default();
         let (version, time) = (position.commit_lsn as i64, position.commit_time_micros);
@@ -299,6 +317,8 @@ fn plan<'a>(txns: &[&'a event::Transaction]) -> Result<Vec<Run<'a>>, Error> {
                     )))
                 }
             }
+            let name = table.target_table.as_str();
+            let free = reorderable(name);
             for (kind, values) in steps {
                 let row = Row {
                     key: key_of(table, values)?,
@@ -306,14 +326,36 @@ fn plan<'a>(txns: &[&'a event::Transaction]) -> Result<Vec<Run<'a>>, Error> {
                     version,
                     time,
                 };
-                match runs.last_mut() {
-                    Some(r) if r.continues(table, &kind) => r.rows.push(row),
-                    _ => runs.push(Run {
-                        table,
-                        kind,
-                        rows: vec![row],
-                    }),
+                let last = runs.len().checked_sub(1);
+                let join = if free && kind != Kind2::Truncate {
+                    newest.get(&(name, kind.clone())).copied().filter(|&r| {
+                        barrier.is_none_or(|b| r > b)
+                            && touched
+                                .get(&(name, row.key.clone()))
+                                .is_none_or(|&t| t <= r)
+                            && runs[r].continues(table, &kind)
+                    })
+                } else {
+                    last.filter(|&r| runs[r].continues(table, &kind))
+                };
+                let i = match join {
+                    Some(r) => r,
+                    None => {
+                        runs.push(Run {
+                            table,
+                            kind: kind.clone(),
+                            rows: Vec::new(),
+                        });
+                        runs.len() - 1
+                    }
+                };
+                if !free || kind == Kind2::Truncate {
+                    barrier = Some(i);
+                } else {
+                    touched.insert((name, row.key.clone()), i);
+                    newest.insert((name, kind), i);
                 }
+                runs[i].rows.push(row);
             }
         }
     }
@@ -545,7 +587,7 @@ mod tests {
             &[(0, Op::Insert, "k2", "b"), (1, Op::Insert, "k9", "x")],
         );
         let c = txn(300, &["t"], &[(0, Op::Update, "k3", "c")]);
-        let mut runs = plan(&[&a, &b, &c]).unwrap();
+        let mut runs = plan(&[&a, &b, &c], &|_: &str| false).unwrap();
         for r in &mut runs {
             r.dedupe();
         }
@@ -568,7 +610,7 @@ mod tests {
             &[(0, Op::Insert, "k1", "old"), (0, Op::Insert, "k2", "b")],
         );
         let b = txn(200, &["t"], &[(0, Op::Update, "k1", "new")]);
-        let mut runs = plan(&[&a, &b]).unwrap();
+        let mut runs = plan(&[&a, &b], &|_: &str| false).unwrap();
         assert_eq!(runs.len(), 1);
         runs[0].dedupe();
         assert_eq!(shape(&runs), vec![("t", vec![("k2", 100), ("k1", 200)])]);
@@ -581,7 +623,7 @@ mod tests {
         let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
         let b = txn(200, &["t"], &[(0, Op::Delete, "k1", "a")]);
         let c = txn(300, &["t"], &[(0, Op::Insert, "k1", "again")]);
-        let runs = plan(&[&a, &b, &c]).unwrap();
+        let runs = plan(&[&a, &b, &c], &|_: &str| false).unwrap();
         let kinds: Vec<Kind2> = runs.iter().map(|r| r.kind.clone()).collect();
         assert_eq!(kinds, vec![Kind2::Upsert, Kind2::Delete, Kind2::Upsert]);
     }
@@ -601,11 +643,210 @@ mod tests {
             op: Op::Truncate as i32,
             ..Default::default()
         });
-        let runs = plan(&[&a, &b]).unwrap();
+        let runs = plan(&[&a, &b], &|_: &str| false).unwrap();
         assert_eq!(runs.len(), 2);
         assert_eq!(
             (runs[0].rows[0].version, runs[1].rows[0].version),
             (100, 200)
         );
+    }
+
+    /// Tables where [`plan`] may reorder rows, for the tests: all but `s`.
+    fn free(t: &str) -> bool {
+        t != "public.s"
+    }
+
+    #[test]
+    fn rows_of_reorderable_tables_gather_into_one_run_per_table_and_kind() {
+        // The streaming mix: inserts into t, updates of u, deletes of t, interleaved.
+        let a = txn(100, &["t", "u"], &[(0, Op::Insert, "k1", "a"), (1, Op::Update, "x1", "a")]);
+        let b = txn(200, &["t"], &[(0, Op::Delete, "k7", "-")]);
+        let c = txn(300, &["u", "t"], &[(0, Op::Update, "x2", "b"), (1, Op::Insert, "k2", "b")]);
+        let d = txn(400, &["t"], &[(0, Op::Delete, "k8", "-"), (0, Op::Insert, "k3", "c")]);
+        let runs = plan(&[&a, &b, &c, &d], &free).unwrap();
+        let kinds: Vec<Kind2> = runs.iter().map(|r| r.kind.clone()).collect();
+        assert_eq!(kinds, vec![Kind2::Upsert, Kind2::Upsert, Kind2::Delete]);
+        assert_eq!(
+            shape(&runs),
+            vec![
+                ("t", vec![("k1", 100), ("k2", 300), ("k3", 400)]),
+                ("u", vec![("x1", 100), ("x2", 300)]),
+                ("t", vec![("k7", 200), ("k8", 400)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_row_changed_in_between_is_not_moved_past_that_change() {
+        // k1: insert, delete, insert again: three runs, in order, although the last
+        // insert could otherwise join the first run.
+        let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a"), (0, Op::Insert, "k2", "a")]);
+        let b = txn(200, &["t"], &[(0, Op::Delete, "k1", "-")]);
+        let c = txn(300, &["t"], &[(0, Op::Insert, "k1", "again"), (0, Op::Insert, "k3", "c")]);
+        let runs = plan(&[&a, &b, &c], &free).unwrap();
+        assert_eq!(
+            shape(&runs),
+            vec![
+                ("t", vec![("k1", 100), ("k2", 100)]),
+                ("t", vec![("k1", 200)]),
+                ("t", vec![("k1", 300), ("k3", 300)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_moves_past_a_table_that_is_not_reorderable_or_a_truncate() {
+        let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
+        let b = txn(200, &["s"], &[(0, Op::Insert, "n1", "a")]);
+        let c = txn(300, &["t", "s"], &[(0, Op::Insert, "k2", "b"), (1, Op::Delete, "n0", "-")]);
+        let d = txn(400, &["s"], &[(0, Op::Insert, "n2", "c")]);
+        let runs = plan(&[&a, &b, &c, &d], &free).unwrap();
+        assert_eq!(
+            shape(&runs),
+            vec![
+                ("t", vec![("k1", 100)]),
+                ("s", vec![("n1", 200)]),
+                ("t", vec![("k2", 300)]),
+                ("s", vec![("n0", 300)]),
+                ("s", vec![("n2", 400)]),
+            ],
+            "s keeps source order, and t does not cross it"
+        );
+        let mut e = txn(500, &["u"], &[]);
+        e.changes.push(event::Change {
+            table: 0,
+            op: Op::Truncate as i32,
+            ..Default::default()
+        });
+        let f = txn(600, &["t"], &[(0, Op::Insert, "k3", "d")]);
+        let runs = plan(&[&a, &e, &f], &free).unwrap();
+        assert_eq!(runs.len(), 3, "t does not cross a truncate");
+    }
+
+    /// The target as the statements leave it: (table, key) → (value, row_version, live).
+    type Model = std::collections::BTreeMap<(String, String), (String, i64, bool)>;
+
+    /// Applies one statement's rows as the SQL of [`statement_sql`] does (soft deletes).
+    fn model_apply(m: &mut Model, table: &str, kind: &Kind2, rows: &[(String, String, i64)]) {
+        for (key, value, version) in rows {
+            let slot = (table.to_string(), key.clone());
+            match kind {
+                Kind2::Upsert => match m.get_mut(&slot) {
+                    Some(row) if row.1 <= *version => *row = (value.clone(), *version, true),
+                    Some(_) => {}
+                    None => {
+                        m.insert(slot, (value.clone(), *version, true));
+                    }
+                },
+                Kind2::Delete => {
+                    if let Some(row) = m.get_mut(&slot).filter(|r| r.1 <= *version && r.2) {
+                        row.1 = *version;
+                        row.2 = false;
+                    }
+                }
+                Kind2::Truncate => {
+                    for ((t, _), row) in m.iter_mut() {
+                        if t == table && row.1 <= *version && row.2 {
+                            row.1 = *version;
+                            row.2 = false;
+                        }
+                    }
+                }
+                Kind2::Partial(_) => unreachable!("no TOAST markers here"),
+            }
+        }
+    }
+
+    fn model_rows(run: &Run<'_>) -> Vec<(String, String, i64)> {
+        run.rows
+            .iter()
+            .map(|r| {
+                let value = match r.values.get(1).and_then(|v| v.kind.as_ref()) {
+                    Some(Kind::Text(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                (r.key.first().map_or(String::new(), |k| k.to_string()), value, r.version)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reordered_runs_leave_the_target_as_source_order_does() {
+        // Random streams over three tables (s not reorderable) and a few keys, with
+        // re-inserts, deletes, truncates and several changes to a key in one
+        // transaction: applying the planned runs gives the same rows as applying every
+        // change on its own, in source order.
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = ["t", "u", "s"];
+        for trial in 0..300 {
+            // The source's live rows: a stream only deletes or updates a row that exists
+            // and only inserts one that does not.
+            let mut live = std::collections::BTreeSet::new();
+            let mut txns = Vec::new();
+            for x in 0..(2 + next(30)) {
+                let lsn = 100 * (x + 1);
+                let mut t = txn(lsn, &names, &[]);
+                for _ in 0..(1 + next(3)) {
+                    let table = next(3) as u32;
+                    let key = format!("k{}", next(5));
+                    let exists = live.contains(&(table, key.clone()));
+                    let op = match (next(20), exists) {
+                        (0, _) => Op::Truncate,
+                        (1..=8, true) => Op::Delete,
+                        (_, true) => Op::Update,
+                        (_, false) => Op::Insert,
+                    };
+                    match op {
+                        Op::Truncate => live.retain(|(t, _)| *t != table),
+                        Op::Delete => {
+                            live.remove(&(table, key.clone()));
+                        }
+                        _ => {
+                            live.insert((table, key.clone()));
+                        }
+                    }
+                    let value = format!("v{trial}.{lsn}.{}", next(1000));
+                    t.changes.push(event::Change {
+                        table,
+                        op: op as i32,
+                        row: if op == Op::Truncate {
+                            vec![]
+                        } else {
+                            vec![text(&key), text(&value)]
+                        },
+                        ..Default::default()
+                    });
+                }
+                txns.push(t);
+            }
+            let refs: Vec<&event::Transaction> = txns.iter().collect();
+
+            let mut in_order = Model::new();
+            for t in &txns {
+                for c in &t.changes {
+                    let one = event::Transaction {
+                        changes: vec![c.clone()],
+                        ..t.clone()
+                    };
+                    let run = plan(&[&one], &|_: &str| false).unwrap();
+                    for r in &run {
+                        model_apply(&mut in_order, &r.table.target_table, &r.kind, &model_rows(r));
+                    }
+                }
+            }
+            let mut planned = Model::new();
+            let mut runs = plan(&refs, &free).unwrap();
+            for r in &mut runs {
+                r.dedupe();
+                model_apply(&mut planned, &r.table.target_table, &r.kind, &model_rows(r));
+            }
+            assert_eq!(planned, in_order, "trial {trial}: {} runs", runs.len());
+        }
     }
 }

@@ -41,7 +41,9 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let current = std::env::var("REKEY_EXPERIMENT_CURRENT_THREAD").is_ok();
+    let mut builder = if current { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    let runtime = match builder
         .enable_all()
         .thread_name(name)
         .build()
@@ -106,4 +108,13 @@ async fn stop_on_signal(cancel: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
     cancel.cancel();
+}
+
+/// Runs blocking `f` from async code: off the worker (`block_in_place`) on a
+/// multi-threaded runtime; in place on a current-thread one, which has no other worker.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Read once at start: the columns and their types (values are cast from text to these),
 //! the primary key (the upsert conflict target), whether deletes are soft (`deleted_at`
-//! exists) and the `row_version` order guard, which every target table must have.
+//! exists) and the `row_version` order guard, which every target table must have; and
+//! whether changes to different rows of a table may be applied out of source order.
 
 use std::collections::HashMap;
 
@@ -21,6 +22,17 @@ pub struct TargetTable {
     pub key: Vec<String>,
     /// Deletes set `deleted_at` instead of removing the row.
     pub soft_delete: bool,
+    /// Whether the writer may apply changes to different rows of this table out of
+    /// source order within one target transaction (each row's own changes stay in
+    /// order; see [`crate::apply`]). True when nothing in the table can tell the
+    /// difference before the commit:
+    /// - no unique index or exclusion constraint beyond the primary key, `legacy_id`
+    ///   (one per key) and indexes containing the whole key: two different rows never
+    ///   collide, whatever order they are written in;
+    /// - every foreign key from or to it is `DEFERRABLE INITIALLY DEFERRED` with no
+    ///   action (`NO ACTION`): checked at the commit, against the final state;
+    /// - no user trigger, which could observe the order.
+    pub reorderable: bool,
 }
 
 /// Target tables by `schema.name`.
@@ -77,6 +89,14 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
             )));
         }
         let soft_delete = columns.contains_key("deleted_at");
+        let reorderable: bool = client
+            .query_one(REORDERABLE_SQL, &[&schema, &name, &t.id.is_some()])
+            .await
+            .map_err(Error::target_db(format!(
+                "reading the constraints of {}",
+                t.target_name()
+            )))?
+            .get(0);
         catalog.insert(
             t.target_name(),
             TargetTable {
@@ -84,8 +104,43 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
                 columns,
                 key,
                 soft_delete,
+                reorderable,
             },
         );
     }
+    let mut in_order: Vec<&str> = catalog
+        .iter()
+        .filter(|(_, t)| !t.reorderable)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !in_order.is_empty() {
+        in_order.sort_unstable();
+        tracing::info!(tables = %in_order.join(", "), "these tables have a unique constraint beyond their key, an immediate foreign key or a trigger: their changes are applied strictly in source order, and nothing is batched across them");
+    }
     Ok(catalog)
 }
+
+/// See [`TargetTable::reorderable`]. `$3`: the table maps a legacy `id`, so its
+/// `legacy_id` is one per key.
+const REORDERABLE_SQL: &str = "
+WITH t AS (
+    SELECT c.oid,
+           (SELECT i.indkey::int2[] FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS pk,
+           (SELECT a.attnum FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attname = 'legacy_id' AND NOT a.attisdropped) AS legacy_id
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = $1 AND c.relname = $2
+)
+SELECT NOT EXISTS (
+           SELECT 1 FROM pg_index i
+            WHERE i.indrelid = t.oid AND (i.indisunique OR i.indisexclusion) AND NOT i.indisprimary
+              AND NOT (i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL
+                       AND ((i.indkey::int2[])[0:i.indnkeyatts - 1] @> t.pk
+                            OR ($3 AND i.indnkeyatts = 1 AND i.indkey[0] = t.legacy_id))))
+   AND NOT EXISTS (
+           SELECT 1 FROM pg_constraint k
+            WHERE k.contype = 'f' AND (k.conrelid = t.oid OR k.confrelid = t.oid)
+              AND NOT (k.condeferred AND k.confdeltype = 'a' AND k.confupdtype = 'a'))
+   AND NOT EXISTS (
+           SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.oid AND NOT g.tgisinternal)
+  FROM t";

@@ -48,17 +48,7 @@ impl Copy {
     /// CPU time per row copied, in µs, per component and (last) their `total`: what a
     /// copy costs independently of how busy the machine was. `machine` is left out.
     pub fn cpu_micros_per_row(&self) -> Vec<(String, f64)> {
-        let per_row =
-            |pct: f64| pct / 100.0 * self.elapsed.as_secs_f64() * 1e6 / self.rows.max(1) as f64;
-        let mut out: Vec<(String, f64)> = self
-            .cpu
-            .iter()
-            .filter(|(n, _)| n != "machine")
-            .map(|(n, pct)| (n.clone(), per_row(*pct)))
-            .collect();
-        let total = out.iter().map(|(_, v)| v).sum();
-        out.push(("total".into(), total));
-        out
+        super::procstat::micros_per_unit(&self.cpu, self.elapsed, self.rows)
     }
 }
 

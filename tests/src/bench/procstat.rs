@@ -7,7 +7,7 @@
 //! `cutime`), or the finished child processes of this program (pgbench, pg_dump, psql).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
@@ -93,6 +93,21 @@ pub fn usage(probes: &[Probe], from: &CpuSnapshot, to: &CpuSnapshot) -> Vec<(Str
             Some((p.name.clone(), 100.0 * cpu / secs))
         })
         .collect()
+}
+
+/// CPU time per unit of work (a row copied, a change applied) in µs, per component and
+/// (last) their `total`, from `cpu` (% of one core over `elapsed`): what the work costs
+/// independently of how busy the machine was. `machine` is left out.
+pub fn micros_per_unit(cpu: &[(String, f64)], elapsed: Duration, units: u64) -> Vec<(String, f64)> {
+    let per_unit = |pct: f64| pct / 100.0 * elapsed.as_secs_f64() * 1e6 / units.max(1) as f64;
+    let mut out: Vec<(String, f64)> = cpu
+        .iter()
+        .filter(|(n, _)| n != "machine")
+        .map(|(n, pct)| (n.clone(), per_unit(*pct)))
+        .collect();
+    let total = out.iter().map(|(_, v)| v).sum();
+    out.push(("total".into(), total));
+    out
 }
 
 /// Peak resident set size (`VmHWM`) of a running process, in bytes.

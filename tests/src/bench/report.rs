@@ -184,6 +184,15 @@ pub fn table(r: &Report) -> String {
                     }
                 );
             }
+            for (name, c) in [("rekey", kc), ("native", nc)] {
+                let _ = writeln!(
+                    t,
+                    "    {:<8} cpu % of one core: {}\n             cpu µs per change: {}",
+                    name,
+                    cpu_text(&c.cpu),
+                    cpu_text(&c.cpu_micros_per_change())
+                );
+            }
             let _ = writeln!(t, "    rekey    reader and writer stopped (SIGTERM), the slot keeps the WAL; timed from their start until the writer applied it all");
             let _ = writeln!(t, "    native   ALTER SUBSCRIPTION … DISABLE, then ENABLE; timed from ENABLE until the origin reached the end");
         }
@@ -280,6 +289,8 @@ fn streaming_json(s: &Streaming) -> Value {
             "load_seconds": c.load.as_secs_f64(),
             "seconds": c.elapsed.as_secs_f64(),
             "changes_per_sec": c.changes_per_sec(),
+            "cpu_percent": c.cpu.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "cpu_micros_per_change": c.cpu_micros_per_change().into_iter().map(|(n, v)| (n, json!(v))).collect::<serde_json::Map<_, _>>(),
         })),
         "steps": s.steps.iter().map(step_json).collect::<Vec<_>>(),
         "check": { "method": s.check_method, "ok": s.check.is_ok(), "error": s.check.as_ref().err() },

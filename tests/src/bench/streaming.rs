@@ -127,11 +127,18 @@ pub struct CatchUp {
     pub changes: u64,
     pub load: Duration,
     pub elapsed: Duration,
+    /// CPU per component while catching up, % of one core.
+    pub cpu: Vec<(String, f64)>,
 }
 
 impl CatchUp {
     pub fn changes_per_sec(&self) -> f64 {
         self.changes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU µs per change applied, per component and in total.
+    pub fn cpu_micros_per_change(&self) -> Vec<(String, f64)> {
+        procstat::micros_per_unit(&self.cpu, self.elapsed, self.changes)
     }
 }
 
@@ -181,13 +188,16 @@ impl Bench<'_> {
     }
 
     /// Times the consumer, just started again, until it has applied everything written
-    /// so far.
+    /// so far, and measures the CPU of `probes` (the consumer's processes as they run now)
+    /// meanwhile.
     pub async fn catch_up(
         &self,
         changes: u64,
         load: Duration,
         started: std::time::Instant,
+        probes: &[Probe],
     ) -> CatchUp {
+        let cpu0 = procstat::snapshot(probes);
         consumer::drain(self.legacy_client, self.consumer, CATCH_UP_LIMIT)
             .await
             .unwrap_or_else(|| {
@@ -197,10 +207,12 @@ impl Bench<'_> {
                     CATCH_UP_LIMIT.as_secs()
                 )
             });
+        let cpu1 = procstat::snapshot(probes);
         let c = CatchUp {
             changes,
             load,
             elapsed: started.elapsed(),
+            cpu: procstat::usage(probes, &cpu0, &cpu1),
         };
         println!(
             "  {:<7} catch-up: {} changes written in {} s while stopped, applied in {:.1}s after its start = {:.0} changes/s",
