@@ -68,7 +68,7 @@ pub async fn wait_for_broker(
     loop {
         let probe = {
             let c = &consumer;
-            crate::service::blocking(|| {
+            tokio::task::block_in_place(|| {
                 c.fetch_metadata(None, Duration::from_secs(5)).map(|_| ())
             })
         };

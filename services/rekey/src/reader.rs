@@ -353,7 +353,7 @@ async fn stream(
     let StreamState { ack, .. } = state;
     drop(ack);
     if outcome.is_ok() {
-        let _ = crate::service::blocking(|| producer.flush(Duration::from_secs(10)));
+        let _ = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(10)));
     }
     match tokio::time::timeout(Duration::from_secs(15), acker).await {
         Ok(Ok(())) => {}

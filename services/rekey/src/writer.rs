@@ -427,7 +427,7 @@ impl Session<'_> {
             return;
         }
         let topic = &self.config.kafka.topic;
-        let high = crate::service::blocking(|| {
+        let high = tokio::task::block_in_place(|| {
             consumer.fetch_watermarks(topic, publish::PARTITION, Duration::from_millis(500))
         });
         if let Ok((_, high)) = high {
