@@ -202,3 +202,122 @@ async fn every_table_arrives_rekeyed_with_every_type_intact() {
         "row_version follows the source commit order: {updated} then {deleted}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_of_small_interleaved_transactions_arrives_as_in_source_order() {
+    // Stopped while hundreds of small transactions interleave four tables, a row
+    // deleted and inserted again under its key, rows updated after other tables'
+    // changes, and unique names freed and taken again, and swapped, in a table with a
+    // unique constraint beyond its key (prompt_variables). Started again, the reader packs
+    // them into few large messages and the writer gathers the rows of each table and
+    // kind into one statement where that cannot be told apart from source order. The
+    // target must end exactly as the source, with far fewer statements than changes.
+    let mut p = Pipeline::new().await;
+    p.start().await;
+    p.legacy_sql(INSERTS).await;
+    p.assert_converged().await;
+    for svc in [&p.reader, &p.writer].into_iter().flatten() {
+        svc.sigterm();
+    }
+    for svc in [&mut p.reader, &mut p.writer].into_iter().flatten() {
+        svc.wait_exit(std::time::Duration::from_secs(60)).await;
+    }
+
+    let legacy = p.legacy_client().await;
+    let mut changes = 0;
+    for i in 0..60i64 {
+        let e = 6_000_000_000 + i;
+        let mut statements = vec![
+            format!("INSERT INTO prompt_executions (id, prompt_template_id, model, response) VALUES ({e}, 100, 'm', 'first {i}')"),
+            format!("UPDATE flow_executions SET status = 'failed', error = 'e{i}' WHERE id = 30"),
+            format!("UPDATE prompt_executions SET response = 'second {i}' WHERE id = {}", 6_000_000_000 + i / 2),
+            format!("UPDATE prompt_variables SET name = 'was {i}' WHERE prompt_template_id = 100 AND name = 'slot'"),
+            format!("INSERT INTO prompt_variables (id, prompt_template_id, name, var_type, is_required) VALUES ({}, 100, 'slot', 'string', false)", 2000 + i),
+            format!("BEGIN; UPDATE prompt_templates SET version = version + 1 WHERE id = 101; INSERT INTO prompt_executions (id, prompt_template_id, model) VALUES ({}, 101, 'two-table'); COMMIT", 7_000_000_000 + i),
+        ];
+        if i % 3 == 2 {
+            // The row inserted last time, deleted and inserted again under its key.
+            statements.push(format!(
+                "DELETE FROM prompt_executions WHERE id = {}",
+                e - 1
+            ));
+            statements.push(format!("INSERT INTO prompt_executions (id, prompt_template_id, model, response) VALUES ({}, 101, 'm', 'again {i}')", e - 1));
+        }
+        if i % 5 == 4 {
+            statements.push(format!("DELETE FROM prompt_executions WHERE id = {e}"));
+        }
+        if i == 10 {
+            // Two variables swap their unique names through a third.
+            statements.push("UPDATE prompt_variables SET name = 'swap' WHERE id = 1000".into());
+            statements.push("UPDATE prompt_variables SET name = 'user' WHERE id = 1001".into());
+            statements.push("UPDATE prompt_variables SET name = 'tone' WHERE id = 1000".into());
+        }
+        for sql in statements {
+            legacy
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|err| panic!("{sql}: {err}"));
+            changes += 1;
+        }
+    }
+
+    p.start().await;
+    p.assert_converged().await;
+    let metrics = rekey_tests::scrape::scrape(p.writer_metrics).await;
+    let statements = metrics
+        .get(rekey::telemetry::WRITER_STATEMENTS)
+        .copied()
+        .unwrap_or_default();
+    assert!(
+        statements > 0.0 && statements < changes as f64 / 2.0,
+        "{statements} statements for {changes} changes: rows were not gathered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_target_catalog_says_which_tables_may_be_gathered() {
+    // What decides how freely the writer gathers a table's rows (rekey::target::Order):
+    // the PromptStudio schema as shipped, then a trigger and an immediate foreign key.
+    use rekey::target::Order;
+    let pg = rekey_tests::Pg::start().await;
+    pg.create_database("target").await;
+    let t = pg.connect("target").await;
+    t.batch_execute(rekey_workload::TARGET_SQL).await.unwrap();
+    let config =
+        rekey::config::Config::parse(rekey_tests::pipeline::promptstudio_config()).unwrap();
+    let orders = |catalog: &rekey::target::Catalog| {
+        let mut v: Vec<(String, Order)> = catalog
+            .iter()
+            .map(|(name, table)| (name.trim_start_matches("public.").to_string(), table.order))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let shipped = orders(&rekey::target::load(&t, &config).await.unwrap());
+    let expected = |table: &str| match table {
+        // A unique name among live rows.
+        "prompt_labs" | "prompt_variables" => Order::Table,
+        _ => Order::Rows,
+    };
+    for (table, order) in &shipped {
+        assert_eq!(*order, expected(table), "{table}");
+    }
+    assert_eq!(shipped.len(), 9);
+
+    t.batch_execute(
+        "CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+         CREATE TRIGGER audit BEFORE UPDATE ON flow_executions FOR EACH ROW EXECUTE FUNCTION audit();
+         ALTER TABLE prompt_executions ALTER CONSTRAINT prompt_executions_variable_collection_id_fkey NOT DEFERRABLE;",
+    )
+    .await
+    .unwrap();
+    let changed = orders(&rekey::target::load(&t, &config).await.unwrap());
+    for (table, order) in &changed {
+        let want = match table.as_str() {
+            // The trigger; both ends of the immediate foreign key.
+            "flow_executions" | "prompt_executions" | "variable_collections" => Order::Strict,
+            other => expected(other),
+        };
+        assert_eq!(*order, want, "{table}");
+    }
+}

@@ -31,7 +31,7 @@ use tokio_postgres::{Client, Statement};
 use crate::config::quote_ident;
 use crate::error::Error;
 use crate::event::{self, value::Kind, Op};
-use crate::target::{Catalog, TargetTable};
+use crate::target::{Catalog, Order, TargetTable};
 use crate::telemetry;
 
 /// What a run does.
@@ -156,7 +156,9 @@ impl Applier {
         txns: &[&event::Transaction],
     ) -> Result<u64, Error> {
         let catalog = &self.catalog;
-        let runs = plan(txns, &|t: &str| catalog.get(t).is_some_and(|t| t.reorderable))?;
+        let runs = plan(txns, &|t: &str| {
+            catalog.get(t).map_or(Order::Strict, |t| t.order)
+        })?;
         self.pipeline(client, runs).await?;
         Ok(txns.iter().map(|t| t.changes.len() as u64).sum())
     }
@@ -232,6 +234,7 @@ impl Applier {
         for run in runs {
             built.push(self.build(client, run).await?);
         }
+        metrics::counter!(telemetry::WRITER_STATEMENTS).increment(built.len() as u64);
         if let [one] = &built[..] {
             return one.execute(client).await.map(|_| ());
         }
@@ -257,22 +260,26 @@ impl Applier {
 /// The runs of consecutive transactions.
 ///
 /// A change joins the run before it when that run is of its table and kind (source
-/// order). A change to a table where `reorderable` holds may also join an *earlier* run
-/// of its table and kind, across the runs after it, when none of those touches the same
-/// row and none is of a table where `reorderable` does not hold, or a truncate: every
-/// row's changes stay in source order, and changes to different rows of such tables
-/// commute inside one target transaction (see [`crate::target::TargetTable::reorderable`]).
-/// A mix of small transactions interleaving a few tables then costs a statement per
-/// table and kind instead of one per change.
+/// order). Where the table's [`Order`] allows, it may also join an *earlier* run of its
+/// table and kind, moving past the runs after it:
+/// - [`Order::Rows`]: when none of them touches the same row;
+/// - [`Order::Table`]: when none of them is of the same table;
+/// - never past a run of an [`Order::Strict`] table or a truncate.
+///
+/// So every row's changes stay in source order, and so does whatever the target could
+/// tell apart before the commit (see [`Order`]). A stream of small transactions
+/// interleaving a few tables then costs a statement per table and kind instead of one
+/// per change.
 fn plan<'a>(
     txns: &[&'a event::Transaction],
-    reorderable: &dyn Fn(&str) -> bool,
+    order: &dyn Fn(&str) -> Order,
 ) -> Result<Vec<Run<'a>>, Error> {
     let mut runs: Vec<Run<'a>> = Vec::new();
     let mut applied: HashMap<(&str, Op), u64> = HashMap::new();
-    // The newest run of each (table, kind); the newest run touching each row; the
-    // newest run no change may be moved before.
+    // The newest run of each (table, kind), of each table and touching each row; the
+    // newest run no change may move before.
     let mut newest: HashMap<(&'a str, Kind2), usize> = HashMap::new();
+    let mut newest_of_table: HashMap<&'a str, usize> = HashMap::new();
     let mut touched: HashMap<(&'a str, Vec<&'a str>), usize> = HashMap::new();
     let mut barrier: Option<usize> = None;
     for txn in txns {
@@ -318,7 +325,7 @@ fn plan<'a>(
                 }
             }
             let name = table.target_table.as_str();
-            let free = reorderable(name);
+            let order = order(name);
             for (kind, values) in steps {
                 let row = Row {
                     key: key_of(table, values)?,
@@ -326,18 +333,27 @@ fn plan<'a>(
                     version,
                     time,
                 };
-                let last = runs.len().checked_sub(1);
-                let join = if free && kind != Kind2::Truncate {
+                let strict = order == Order::Strict || kind == Kind2::Truncate;
+                let last_touch = touched.get(&(name, row.key.clone())).copied();
+                let join = if strict {
+                    runs.len().checked_sub(1)
+                } else {
                     newest.get(&(name, kind.clone())).copied().filter(|&r| {
                         barrier.is_none_or(|b| r > b)
-                            && touched
-                                .get(&(name, row.key.clone()))
-                                .is_none_or(|&t| t <= r)
-                            && runs[r].continues(table, &kind)
+                            && (order == Order::Rows || newest_of_table.get(name) == Some(&r))
                     })
-                } else {
-                    last.filter(|&r| runs[r].continues(table, &kind))
-                };
+                }
+                .filter(|&r| {
+                    runs[r].continues(table, &kind)
+                        && match order {
+                            // A run keeps a row's last change only: fine where no other
+                            // row can tell (see `Run::dedupe`).
+                            Order::Rows => last_touch.is_none_or(|t| t <= r),
+                            // Elsewhere a row's second change starts a new run: kept in
+                            // place, its first one may free a unique value taken between.
+                            _ => last_touch.is_none_or(|t| t < r),
+                        }
+                });
                 let i = match join {
                     Some(r) => r,
                     None => {
@@ -349,10 +365,12 @@ fn plan<'a>(
                         runs.len() - 1
                     }
                 };
-                if !free || kind == Kind2::Truncate {
+                touched.insert((name, row.key.clone()), i);
+                if strict {
                     barrier = Some(i);
                 } else {
-                    touched.insert((name, row.key.clone()), i);
+                    let newest_run = newest_of_table.entry(name).or_insert(i);
+                    *newest_run = (*newest_run).max(i);
                     newest.insert((name, kind), i);
                 }
                 runs[i].rows.push(row);
@@ -587,7 +605,7 @@ mod tests {
             &[(0, Op::Insert, "k2", "b"), (1, Op::Insert, "k9", "x")],
         );
         let c = txn(300, &["t"], &[(0, Op::Update, "k3", "c")]);
-        let mut runs = plan(&[&a, &b, &c], &|_: &str| false).unwrap();
+        let mut runs = plan(&[&a, &b, &c], &|_: &str| Order::Strict).unwrap();
         for r in &mut runs {
             r.dedupe();
         }
@@ -610,7 +628,7 @@ mod tests {
             &[(0, Op::Insert, "k1", "old"), (0, Op::Insert, "k2", "b")],
         );
         let b = txn(200, &["t"], &[(0, Op::Update, "k1", "new")]);
-        let mut runs = plan(&[&a, &b], &|_: &str| false).unwrap();
+        let mut runs = plan(&[&a, &b], &free).unwrap();
         assert_eq!(runs.len(), 1);
         runs[0].dedupe();
         assert_eq!(shape(&runs), vec![("t", vec![("k2", 100), ("k1", 200)])]);
@@ -619,11 +637,31 @@ mod tests {
     }
 
     #[test]
+    fn a_second_change_to_a_row_of_a_table_with_a_unique_constraint_starts_a_new_run() {
+        // Names are unique in s. A frees "p", B takes it, A takes B's "q": kept as one
+        // run and reduced to each row's last change, B would take "p" while A holds it.
+        let a = txn(100, &["s"], &[(0, Op::Update, "A", "tmp")]);
+        let b = txn(200, &["s"], &[(0, Op::Update, "B", "p")]);
+        let c = txn(300, &["s"], &[(0, Op::Update, "A", "q")]);
+        for order in [Order::Table, Order::Strict] {
+            let mut runs = plan(&[&a, &b, &c], &|_: &str| order).unwrap();
+            for r in &mut runs {
+                r.dedupe();
+            }
+            assert_eq!(
+                shape(&runs),
+                vec![("s", vec![("A", 100), ("B", 200)]), ("s", vec![("A", 300)])],
+                "{order:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_delete_between_two_upserts_splits_the_runs() {
         let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
         let b = txn(200, &["t"], &[(0, Op::Delete, "k1", "a")]);
         let c = txn(300, &["t"], &[(0, Op::Insert, "k1", "again")]);
-        let runs = plan(&[&a, &b, &c], &|_: &str| false).unwrap();
+        let runs = plan(&[&a, &b, &c], &|_: &str| Order::Strict).unwrap();
         let kinds: Vec<Kind2> = runs.iter().map(|r| r.kind.clone()).collect();
         assert_eq!(kinds, vec![Kind2::Upsert, Kind2::Delete, Kind2::Upsert]);
     }
@@ -643,7 +681,7 @@ mod tests {
             op: Op::Truncate as i32,
             ..Default::default()
         });
-        let runs = plan(&[&a, &b], &|_: &str| false).unwrap();
+        let runs = plan(&[&a, &b], &|_: &str| Order::Strict).unwrap();
         assert_eq!(runs.len(), 2);
         assert_eq!(
             (runs[0].rows[0].version, runs[1].rows[0].version),
@@ -651,18 +689,35 @@ mod tests {
         );
     }
 
-    /// Tables where [`plan`] may reorder rows, for the tests: all but `s`.
-    fn free(t: &str) -> bool {
-        t != "public.s"
+    /// The tables' [`Order`] in these tests: `s` has a unique constraint beyond its
+    /// key, `v` a trigger, the others nothing.
+    fn free(t: &str) -> Order {
+        match t {
+            "public.s" => Order::Table,
+            "public.v" => Order::Strict,
+            _ => Order::Rows,
+        }
     }
 
     #[test]
     fn rows_of_reorderable_tables_gather_into_one_run_per_table_and_kind() {
         // The streaming mix: inserts into t, updates of u, deletes of t, interleaved.
-        let a = txn(100, &["t", "u"], &[(0, Op::Insert, "k1", "a"), (1, Op::Update, "x1", "a")]);
+        let a = txn(
+            100,
+            &["t", "u"],
+            &[(0, Op::Insert, "k1", "a"), (1, Op::Update, "x1", "a")],
+        );
         let b = txn(200, &["t"], &[(0, Op::Delete, "k7", "-")]);
-        let c = txn(300, &["u", "t"], &[(0, Op::Update, "x2", "b"), (1, Op::Insert, "k2", "b")]);
-        let d = txn(400, &["t"], &[(0, Op::Delete, "k8", "-"), (0, Op::Insert, "k3", "c")]);
+        let c = txn(
+            300,
+            &["u", "t"],
+            &[(0, Op::Update, "x2", "b"), (1, Op::Insert, "k2", "b")],
+        );
+        let d = txn(
+            400,
+            &["t"],
+            &[(0, Op::Delete, "k8", "-"), (0, Op::Insert, "k3", "c")],
+        );
         let runs = plan(&[&a, &b, &c, &d], &free).unwrap();
         let kinds: Vec<Kind2> = runs.iter().map(|r| r.kind.clone()).collect();
         assert_eq!(kinds, vec![Kind2::Upsert, Kind2::Upsert, Kind2::Delete]);
@@ -680,9 +735,17 @@ mod tests {
     fn a_row_changed_in_between_is_not_moved_past_that_change() {
         // k1: insert, delete, insert again: three runs, in order, although the last
         // insert could otherwise join the first run.
-        let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a"), (0, Op::Insert, "k2", "a")]);
+        let a = txn(
+            100,
+            &["t"],
+            &[(0, Op::Insert, "k1", "a"), (0, Op::Insert, "k2", "a")],
+        );
         let b = txn(200, &["t"], &[(0, Op::Delete, "k1", "-")]);
-        let c = txn(300, &["t"], &[(0, Op::Insert, "k1", "again"), (0, Op::Insert, "k3", "c")]);
+        let c = txn(
+            300,
+            &["t"],
+            &[(0, Op::Insert, "k1", "again"), (0, Op::Insert, "k3", "c")],
+        );
         let runs = plan(&[&a, &b, &c], &free).unwrap();
         assert_eq!(
             shape(&runs),
@@ -695,23 +758,44 @@ mod tests {
     }
 
     #[test]
-    fn nothing_moves_past_a_table_that_is_not_reorderable_or_a_truncate() {
+    fn nothing_moves_past_a_strict_table_or_a_truncate_and_a_table_ordered_one_keeps_its_order() {
+        // v has a trigger: t does not cross it.
         let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
-        let b = txn(200, &["s"], &[(0, Op::Insert, "n1", "a")]);
-        let c = txn(300, &["t", "s"], &[(0, Op::Insert, "k2", "b"), (1, Op::Delete, "n0", "-")]);
-        let d = txn(400, &["s"], &[(0, Op::Insert, "n2", "c")]);
-        let runs = plan(&[&a, &b, &c, &d], &free).unwrap();
+        let b = txn(200, &["v"], &[(0, Op::Insert, "n1", "a")]);
+        let c = txn(300, &["t"], &[(0, Op::Insert, "k2", "b")]);
+        let runs = plan(&[&a, &b, &c], &free).unwrap();
         assert_eq!(
             shape(&runs),
             vec![
                 ("t", vec![("k1", 100)]),
-                ("s", vec![("n1", 200)]),
+                ("v", vec![("n1", 200)]),
                 ("t", vec![("k2", 300)]),
-                ("s", vec![("n0", 300)]),
-                ("s", vec![("n2", 400)]),
-            ],
-            "s keeps source order, and t does not cross it"
+            ]
         );
+        // s has a unique constraint beyond its key: its insert after its delete stays
+        // after it (the delete may free the unique value the insert takes); t crosses s.
+        let a = txn(
+            100,
+            &["s", "t"],
+            &[(0, Op::Insert, "n1", "a"), (1, Op::Insert, "k1", "a")],
+        );
+        let b = txn(200, &["s"], &[(0, Op::Delete, "n0", "-")]);
+        let c = txn(
+            300,
+            &["t", "s"],
+            &[(0, Op::Insert, "k2", "b"), (1, Op::Insert, "n2", "b")],
+        );
+        let runs = plan(&[&a, &b, &c], &free).unwrap();
+        assert_eq!(
+            shape(&runs),
+            vec![
+                ("s", vec![("n1", 100)]),
+                ("t", vec![("k1", 100), ("k2", 300)]),
+                ("s", vec![("n0", 200)]),
+                ("s", vec![("n2", 300)]),
+            ]
+        );
+        let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
         let mut e = txn(500, &["u"], &[]);
         e.changes.push(event::Change {
             table: 0,
@@ -765,14 +849,18 @@ mod tests {
                     Some(Kind::Text(s)) => s.clone(),
                     _ => String::new(),
                 };
-                (r.key.first().map_or(String::new(), |k| k.to_string()), value, r.version)
+                (
+                    r.key.first().map_or(String::new(), |k| k.to_string()),
+                    value,
+                    r.version,
+                )
             })
             .collect()
     }
 
     #[test]
     fn reordered_runs_leave_the_target_as_source_order_does() {
-        // Random streams over three tables (s not reorderable) and a few keys, with
+        // Random streams over four tables (see `free`) and a few keys, with
         // re-inserts, deletes, truncates and several changes to a key in one
         // transaction: applying the planned runs gives the same rows as applying every
         // change on its own, in source order.
@@ -783,7 +871,7 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let names = ["t", "u", "s"];
+        let names = ["t", "u", "s", "v"];
         for trial in 0..300 {
             // The source's live rows: a stream only deletes or updates a row that exists
             // and only inserts one that does not.
@@ -793,7 +881,7 @@ mod tests {
                 let lsn = 100 * (x + 1);
                 let mut t = txn(lsn, &names, &[]);
                 for _ in 0..(1 + next(3)) {
-                    let table = next(3) as u32;
+                    let table = next(4) as u32;
                     let key = format!("k{}", next(5));
                     let exists = live.contains(&(table, key.clone()));
                     let op = match (next(20), exists) {
@@ -834,9 +922,14 @@ mod tests {
                         changes: vec![c.clone()],
                         ..t.clone()
                     };
-                    let run = plan(&[&one], &|_: &str| false).unwrap();
+                    let run = plan(&[&one], &|_: &str| Order::Strict).unwrap();
                     for r in &run {
-                        model_apply(&mut in_order, &r.table.target_table, &r.kind, &model_rows(r));
+                        model_apply(
+                            &mut in_order,
+                            &r.table.target_table,
+                            &r.kind,
+                            &model_rows(r),
+                        );
                     }
                 }
             }

@@ -51,11 +51,7 @@ where
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(1);
     }
-    let runtime = match builder
-        .enable_all()
-        .thread_name(name)
-        .build()
-    {
+    let runtime = match builder.enable_all().thread_name(name).build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{name}: error: cannot start the runtime: {e}");
@@ -117,4 +113,3 @@ async fn stop_on_signal(cancel: CancellationToken) {
     }
     cancel.cancel();
 }
-

@@ -22,17 +22,28 @@ pub struct TargetTable {
     pub key: Vec<String>,
     /// Deletes set `deleted_at` instead of removing the row.
     pub soft_delete: bool,
-    /// Whether the writer may apply changes to different rows of this table out of
-    /// source order within one target transaction (each row's own changes stay in
-    /// order; see [`crate::apply`]). True when nothing in the table can tell the
-    /// difference before the commit:
-    /// - no unique index or exclusion constraint beyond the primary key, `legacy_id`
-    ///   (one per key) and indexes containing the whole key: two different rows never
-    ///   collide, whatever order they are written in;
-    /// - every foreign key from or to it is `DEFERRABLE INITIALLY DEFERRED` with no
-    ///   action (`NO ACTION`): checked at the commit, against the final state;
-    /// - no user trigger, which could observe the order.
-    pub reorderable: bool,
+    /// How freely the writer may gather this table's changes (see [`Order`]).
+    pub order: Order,
+}
+
+/// What may be applied out of source order within one target transaction, where
+/// gathering the rows of a table and kind into one statement moves changes past others.
+/// A row's own changes always stay in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Changes to different rows commute. Nothing but the row itself can tell the order
+    /// before the commit: no unique index or exclusion constraint beyond the primary key,
+    /// `legacy_id` (one per key) and indexes containing the whole key; every foreign key
+    /// from or to the table `DEFERRABLE INITIALLY DEFERRED` with no action (checked at
+    /// the commit, against the final state); no user trigger.
+    Rows,
+    /// The table has a unique constraint beyond its key (two rows may swap a unique
+    /// value): its changes stay in order among themselves; other tables' changes may
+    /// still pass them, since a unique constraint spans one table.
+    Table,
+    /// An immediate foreign key or a user trigger can see other tables: nothing passes
+    /// this table's changes, and they pass nothing.
+    Strict,
 }
 
 /// Target tables by `schema.name`.
@@ -89,14 +100,18 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
             )));
         }
         let soft_delete = columns.contains_key("deleted_at");
-        let reorderable: bool = client
-            .query_one(REORDERABLE_SQL, &[&schema, &name, &t.id.is_some()])
+        let row = client
+            .query_one(ORDER_SQL, &[&schema, &name, &t.id.is_some()])
             .await
             .map_err(Error::target_db(format!(
                 "reading the constraints of {}",
                 t.target_name()
-            )))?
-            .get(0);
+            )))?;
+        let order = match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
+            (false, _) => Order::Strict,
+            (true, false) => Order::Table,
+            (true, true) => Order::Rows,
+        };
         catalog.insert(
             t.target_name(),
             TargetTable {
@@ -104,25 +119,26 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
                 columns,
                 key,
                 soft_delete,
-                reorderable,
+                order,
             },
         );
     }
-    let mut in_order: Vec<&str> = catalog
+    let mut strict: Vec<&str> = catalog
         .iter()
-        .filter(|(_, t)| !t.reorderable)
+        .filter(|(_, t)| t.order == Order::Strict)
         .map(|(name, _)| name.as_str())
         .collect();
-    if !in_order.is_empty() {
-        in_order.sort_unstable();
-        tracing::info!(tables = %in_order.join(", "), "these tables have a unique constraint beyond their key, an immediate foreign key or a trigger: their changes are applied strictly in source order, and nothing is batched across them");
+    if !strict.is_empty() {
+        strict.sort_unstable();
+        tracing::info!(tables = %strict.join(", "), "these tables have an immediate foreign key or a trigger: their changes are applied strictly in source order, and nothing is gathered across them");
     }
     Ok(catalog)
 }
 
-/// See [`TargetTable::reorderable`]. `$3`: the table maps a legacy `id`, so its
+/// See [`Order`]: (no immediate foreign key from or to the table and no user trigger,
+/// no unique constraint beyond the key). `$3`: the table maps a legacy `id`, so its
 /// `legacy_id` is one per key.
-const REORDERABLE_SQL: &str = "
+const ORDER_SQL: &str = "
 WITH t AS (
     SELECT c.oid,
            (SELECT i.indkey::int2[] FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS pk,
@@ -132,15 +148,15 @@ WITH t AS (
      WHERE n.nspname = $1 AND c.relname = $2
 )
 SELECT NOT EXISTS (
+           SELECT 1 FROM pg_constraint k
+            WHERE k.contype = 'f' AND (k.conrelid = t.oid OR k.confrelid = t.oid)
+              AND NOT (k.condeferred AND k.confdeltype = 'a' AND k.confupdtype = 'a'))
+   AND NOT EXISTS (
+           SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.oid AND NOT g.tgisinternal),
+       NOT EXISTS (
            SELECT 1 FROM pg_index i
             WHERE i.indrelid = t.oid AND (i.indisunique OR i.indisexclusion) AND NOT i.indisprimary
               AND NOT (i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL
                        AND ((i.indkey::int2[])[0:i.indnkeyatts - 1] @> t.pk
                             OR ($3 AND i.indnkeyatts = 1 AND i.indkey[0] = t.legacy_id))))
-   AND NOT EXISTS (
-           SELECT 1 FROM pg_constraint k
-            WHERE k.contype = 'f' AND (k.conrelid = t.oid OR k.confrelid = t.oid)
-              AND NOT (k.condeferred AND k.confdeltype = 'a' AND k.confupdtype = 'a'))
-   AND NOT EXISTS (
-           SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.oid AND NOT g.tgisinternal)
   FROM t";

@@ -18,6 +18,7 @@ pub const WRITER_DUPLICATES_SKIPPED: &str = "rekey_writer_duplicates_skipped_tot
 pub const WRITER_CONSISTENT_LSN: &str = "rekey_writer_consistent_lsn";
 pub const WRITER_LAG_SECONDS: &str = "rekey_writer_lag_seconds";
 pub const WRITER_BATCH_CHANGES: &str = "rekey_writer_batch_changes";
+pub const WRITER_STATEMENTS: &str = "rekey_writer_statements_total";
 pub const WRITER_END_TO_END_LATENCY: &str = "rekey_writer_end_to_end_latency_seconds";
 pub const ERRORS: &str = "rekey_errors_total";
 pub const WRITER_DEAD_LETTERS: &str = "rekey_writer_dead_letters_total";
@@ -85,6 +86,10 @@ fn describe() {
         "Now minus the commit time of the last applied source transaction (heartbeats included); 0 once everything published is applied"
     );
     describe_histogram!(WRITER_BATCH_CHANGES, "Row changes per target transaction");
+    describe_counter!(
+        WRITER_STATEMENTS,
+        "Multi-row statements the writer sent to the target (several row changes each where rows of a table are gathered)"
+    );
     describe_histogram!(
         WRITER_END_TO_END_LATENCY,
         Unit::Seconds,

@@ -650,7 +650,11 @@ async fn rekey_streaming(
     p.reader = Some(p.spawn("rekey-reader", p.reader_metrics));
     p.writer = Some(p.spawn("rekey-writer", p.writer_metrics));
     let restarted = rekey_probes(p);
-    s.catch_up = Some(bench.catch_up(changes, plan.step, started, &restarted).await);
+    s.catch_up = Some(
+        bench
+            .catch_up(changes, plan.step, started, &restarted)
+            .await,
+    );
     s.check = backfill::rekey_check(p, &legacy).await;
     (s, rss)
 }
@@ -772,7 +776,11 @@ async fn native_streaming(
         .batch_execute(&sql(true))
         .await
         .expect("enabling the subscription");
-    s.catch_up = Some(bench.catch_up(changes, plan.step, started, bench.probes).await);
+    s.catch_up = Some(
+        bench
+            .catch_up(changes, plan.step, started, bench.probes)
+            .await,
+    );
     s.check = backfill::same(
         &backfill::fingerprints(&legacy_client).await,
         &backfill::fingerprints(consumer_client(&consumer)).await,
