@@ -72,8 +72,11 @@ impl Source {
     }
 
     fn txn(&self, lsn: u64, seq: u32, last: bool, changes: Vec<event::Change>) -> Vec<u8> {
+        // As a reader of schema version 1 wrote them (each transaction with its own
+        // tables): writers keep understanding what older readers left in the topic.
         event::Batch {
-            schema_version: event::SCHEMA_VERSION,
+            schema_version: event::MIN_SCHEMA_VERSION,
+            tables: Vec::new(),
             transactions: vec![event::Transaction {
                 position: Some(event::SourcePosition {
                     commit_lsn: lsn,

@@ -150,13 +150,16 @@ impl Applier {
 
     /// Applies the changes of consecutive transactions (or one chunk of a large one) in
     /// order, their statements pipelined. Returns the number of changes applied.
+    /// `shared`: the tables of the batch the transactions came in (see
+    /// [`event::Transaction::tables_in`]).
     pub async fn apply_all(
         &mut self,
         client: &Client,
         txns: &[&event::Transaction],
+        shared: &[event::Table],
     ) -> Result<u64, Error> {
         let catalog = &self.catalog;
-        let runs = plan(txns, &|t: &str| {
+        let runs = plan(txns, shared, &|t: &str| {
             catalog.get(t).map_or(Order::Strict, |t| t.order)
         })?;
         self.pipeline(client, runs).await?;
@@ -272,6 +275,7 @@ impl Applier {
 /// per change.
 fn plan<'a>(
     txns: &[&'a event::Transaction],
+    shared: &'a [event::Table],
     order: &dyn Fn(&str) -> Order,
 ) -> Result<Vec<Run<'a>>, Error> {
     let mut runs: Vec<Run<'a>> = Vec::new();
@@ -286,12 +290,15 @@ fn plan<'a>(
         let position = txn.position.unwrap_or_default();
         let (version, time) = (position.commit_lsn as i64, position.commit_time_micros);
         for change in &txn.changes {
-            let table = txn.tables.get(change.table as usize).ok_or_else(|| {
-                Error::Invariant(format!(
-                    "change refers to table #{} not in its chunk",
-                    change.table
-                ))
-            })?;
+            let table = txn
+                .tables_in(shared)
+                .get(change.table as usize)
+                .ok_or_else(|| {
+                    Error::Invariant(format!(
+                        "change refers to table #{} not in its chunk",
+                        change.table
+                    ))
+                })?;
             let op = Op::try_from(change.op).unwrap_or(Op::Unspecified);
             *applied.entry((&table.target_table, op)).or_default() += 1;
             let mut steps: Vec<(Kind2, &[event::Value])> = Vec::with_capacity(2);
@@ -605,7 +612,7 @@ mod tests {
             &[(0, Op::Insert, "k2", "b"), (1, Op::Insert, "k9", "x")],
         );
         let c = txn(300, &["t"], &[(0, Op::Update, "k3", "c")]);
-        let mut runs = plan(&[&a, &b, &c], &|_: &str| Order::Strict).unwrap();
+        let mut runs = plan(&[&a, &b, &c], &[], &|_: &str| Order::Strict).unwrap();
         for r in &mut runs {
             r.dedupe();
         }
@@ -628,7 +635,7 @@ mod tests {
             &[(0, Op::Insert, "k1", "old"), (0, Op::Insert, "k2", "b")],
         );
         let b = txn(200, &["t"], &[(0, Op::Update, "k1", "new")]);
-        let mut runs = plan(&[&a, &b], &free).unwrap();
+        let mut runs = plan(&[&a, &b], &[], &free).unwrap();
         assert_eq!(runs.len(), 1);
         runs[0].dedupe();
         assert_eq!(shape(&runs), vec![("t", vec![("k2", 100), ("k1", 200)])]);
@@ -644,7 +651,7 @@ mod tests {
         let b = txn(200, &["s"], &[(0, Op::Update, "B", "p")]);
         let c = txn(300, &["s"], &[(0, Op::Update, "A", "q")]);
         for order in [Order::Table, Order::Strict] {
-            let mut runs = plan(&[&a, &b, &c], &|_: &str| order).unwrap();
+            let mut runs = plan(&[&a, &b, &c], &[], &|_: &str| order).unwrap();
             for r in &mut runs {
                 r.dedupe();
             }
@@ -661,7 +668,7 @@ mod tests {
         let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
         let b = txn(200, &["t"], &[(0, Op::Delete, "k1", "a")]);
         let c = txn(300, &["t"], &[(0, Op::Insert, "k1", "again")]);
-        let runs = plan(&[&a, &b, &c], &|_: &str| Order::Strict).unwrap();
+        let runs = plan(&[&a, &b, &c], &[], &|_: &str| Order::Strict).unwrap();
         let kinds: Vec<Kind2> = runs.iter().map(|r| r.kind.clone()).collect();
         assert_eq!(kinds, vec![Kind2::Upsert, Kind2::Delete, Kind2::Upsert]);
     }
@@ -681,7 +688,7 @@ mod tests {
             op: Op::Truncate as i32,
             ..Default::default()
         });
-        let runs = plan(&[&a, &b], &|_: &str| Order::Strict).unwrap();
+        let runs = plan(&[&a, &b], &[], &|_: &str| Order::Strict).unwrap();
         assert_eq!(runs.len(), 2);
         assert_eq!(
             (runs[0].rows[0].version, runs[1].rows[0].version),
@@ -718,7 +725,7 @@ mod tests {
             &["t"],
             &[(0, Op::Delete, "k8", "-"), (0, Op::Insert, "k3", "c")],
         );
-        let runs = plan(&[&a, &b, &c, &d], &free).unwrap();
+        let runs = plan(&[&a, &b, &c, &d], &[], &free).unwrap();
         let kinds: Vec<Kind2> = runs.iter().map(|r| r.kind.clone()).collect();
         assert_eq!(kinds, vec![Kind2::Upsert, Kind2::Upsert, Kind2::Delete]);
         assert_eq!(
@@ -746,7 +753,7 @@ mod tests {
             &["t"],
             &[(0, Op::Insert, "k1", "again"), (0, Op::Insert, "k3", "c")],
         );
-        let runs = plan(&[&a, &b, &c], &free).unwrap();
+        let runs = plan(&[&a, &b, &c], &[], &free).unwrap();
         assert_eq!(
             shape(&runs),
             vec![
@@ -763,7 +770,7 @@ mod tests {
         let a = txn(100, &["t"], &[(0, Op::Insert, "k1", "a")]);
         let b = txn(200, &["v"], &[(0, Op::Insert, "n1", "a")]);
         let c = txn(300, &["t"], &[(0, Op::Insert, "k2", "b")]);
-        let runs = plan(&[&a, &b, &c], &free).unwrap();
+        let runs = plan(&[&a, &b, &c], &[], &free).unwrap();
         assert_eq!(
             shape(&runs),
             vec![
@@ -785,7 +792,7 @@ mod tests {
             &["t", "s"],
             &[(0, Op::Insert, "k2", "b"), (1, Op::Insert, "n2", "b")],
         );
-        let runs = plan(&[&a, &b, &c], &free).unwrap();
+        let runs = plan(&[&a, &b, &c], &[], &free).unwrap();
         assert_eq!(
             shape(&runs),
             vec![
@@ -803,7 +810,7 @@ mod tests {
             ..Default::default()
         });
         let f = txn(600, &["t"], &[(0, Op::Insert, "k3", "d")]);
-        let runs = plan(&[&a, &e, &f], &free).unwrap();
+        let runs = plan(&[&a, &e, &f], &[], &free).unwrap();
         assert_eq!(runs.len(), 3, "t does not cross a truncate");
     }
 
@@ -922,7 +929,7 @@ mod tests {
                         changes: vec![c.clone()],
                         ..t.clone()
                     };
-                    let run = plan(&[&one], &|_: &str| Order::Strict).unwrap();
+                    let run = plan(&[&one], &[], &|_: &str| Order::Strict).unwrap();
                     for r in &run {
                         model_apply(
                             &mut in_order,
@@ -934,7 +941,7 @@ mod tests {
                 }
             }
             let mut planned = Model::new();
-            let mut runs = plan(&refs, &free).unwrap();
+            let mut runs = plan(&refs, &[], &free).unwrap();
             for r in &mut runs {
                 r.dedupe();
                 model_apply(&mut planned, &r.table.target_table, &r.kind, &model_rows(r));

@@ -260,7 +260,7 @@ async fn apply_in_transaction(
             }
         };
         if claimed {
-            applied += side.applier.apply_all(client, &[&part]).await?;
+            applied += side.applier.apply_all(client, &[&part], &[]).await?;
         }
         if part.last {
             if !claimed {

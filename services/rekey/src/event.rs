@@ -5,8 +5,21 @@
 
 include!(concat!(env!("OUT_DIR"), "/rekey.v1.rs"));
 
-/// The `Batch.schema_version` this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The `Batch.schema_version` this build writes.
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest `Batch.schema_version` this build understands (1: no shared tables).
+pub const MIN_SCHEMA_VERSION: u32 = 1;
+
+impl Transaction {
+    /// The tables this transaction's changes refer to: its own, or else its batch's.
+    pub fn tables_in<'a>(&'a self, batch_tables: &'a [Table]) -> &'a [Table] {
+        if self.tables.is_empty() {
+            batch_tables
+        } else {
+            &self.tables
+        }
+    }
+}
 
 /// PostgreSQL timestamps count from 2000-01-01; events carry Unix microseconds.
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;

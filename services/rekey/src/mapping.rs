@@ -49,6 +49,8 @@ pub struct TableMap {
     /// Legacy key columns (indices into the relation's columns), in key order.
     key_columns: Vec<usize>,
     has_id: bool,
+    /// [`Self::descriptor`], built once: transactions refer to it without copying it.
+    shared: std::sync::Arc<event::Table>,
 }
 
 /// The target image of one row.
@@ -148,14 +150,22 @@ impl TableMap {
                 },
             });
         }
-        Ok(Self {
+        let mut map = Self {
             source_table: format!("{}.{}", rel.namespace, rel.name),
             target_table: table.target_name(),
             entity,
             columns,
             key_columns,
             has_id: id_index.is_some(),
-        })
+            shared: Default::default(),
+        };
+        map.shared = std::sync::Arc::new(map.descriptor());
+        Ok(map)
+    }
+
+    /// The table descriptor carried in events, shared (see [`Self::descriptor`]).
+    pub fn shared_descriptor(&self) -> &std::sync::Arc<event::Table> {
+        &self.shared
     }
 
     /// The table descriptor carried in events.

@@ -439,8 +439,8 @@ struct OpenTxn {
     chunk_seq: u32,
     ordinal: u32,
     heartbeat: bool,
-    tables: Vec<event::Table>,
-    table_index: HashMap<String, u32>,
+    /// The tables the changes refer to by index (each table's shared descriptor).
+    tables: Vec<Arc<event::Table>>,
     changes: Vec<event::Change>,
     bytes: usize,
     /// Set when this is a backfill high-watermark transaction.
@@ -467,6 +467,19 @@ struct StreamState<'a> {
     pack: Pack,
 }
 
+/// The index of `table` in `tables`, added if absent. Tables are told apart by
+/// identity: a relation described again (its columns changed) is a new descriptor.
+fn index_of(tables: &mut Vec<Arc<event::Table>>, table: &Arc<event::Table>) -> u32 {
+    let i = match tables.iter().position(|t| Arc::ptr_eq(t, table)) {
+        Some(i) => i,
+        None => {
+            tables.push(table.clone());
+            tables.len() - 1
+        }
+    };
+    i as u32
+}
+
 /// How long a packed message waits for more transactions before it is published.
 const PACK_LINGER: Duration = Duration::from_millis(5);
 
@@ -475,6 +488,8 @@ const PACK_LINGER: Duration = Duration::from_millis(5);
 #[derive(Default)]
 struct Pack {
     transactions: Vec<event::Transaction>,
+    /// The tables of every packed transaction, once each: the batch's `tables`.
+    tables: Vec<Arc<event::Table>>,
     bytes: usize,
     changes: usize,
     confirm: Option<u64>,
@@ -482,7 +497,21 @@ struct Pack {
 }
 
 impl Pack {
-    fn add(&mut self, txn: event::Transaction, bytes: usize, end_lsn: u64) {
+    /// Packs `txn`, whose changes refer to `tables`, re-pointing them at the batch's.
+    fn add(
+        &mut self,
+        mut txn: event::Transaction,
+        tables: &[Arc<event::Table>],
+        bytes: usize,
+        end_lsn: u64,
+    ) {
+        let shared: Vec<u32> = tables
+            .iter()
+            .map(|t| index_of(&mut self.tables, t))
+            .collect();
+        for c in &mut txn.changes {
+            c.table = shared[c.table as usize];
+        }
         self.changes += txn.changes.len();
         self.bytes += bytes;
         self.transactions.push(txn);
@@ -519,7 +548,6 @@ impl StreamState<'_> {
                     ordinal: 0,
                     heartbeat: false,
                     tables: Vec::new(),
-                    table_index: HashMap::new(),
                     changes: Vec::new(),
                     bytes: 0,
                     backfill: None,
@@ -585,8 +613,8 @@ impl StreamState<'_> {
                 } else if open.chunk_seq == 0 {
                     // A whole small transaction: packed with its neighbours into one message.
                     let bytes = open.bytes;
-                    let txn = Self::transaction(&mut open, true);
-                    self.pack.add(txn, bytes, end_lsn.as_u64());
+                    let (txn, tables) = Self::transaction(&mut open, true);
+                    self.pack.add(txn, &tables, bytes, end_lsn.as_u64());
                     if self.pack.full(self.config) {
                         self.flush_pack().await?;
                     }
@@ -801,15 +829,7 @@ impl StreamState<'_> {
             .as_mut()
             .ok_or_else(|| Error::Invariant("row change outside a transaction".into()))?;
         metrics::counter!(telemetry::READER_EVENTS_READ, "table" => map.target_table.clone(), "op" => op_label(op)).increment(1);
-        let table = match open.table_index.get(&map.target_table) {
-            Some(&i) => i,
-            None => {
-                open.tables.push(map.descriptor());
-                let i = (open.tables.len() - 1) as u32;
-                open.table_index.insert(map.target_table.clone(), i);
-                i
-            }
-        };
+        let table = index_of(&mut open.tables, map.shared_descriptor());
         let bytes = img.values.iter().map(value_size).sum::<usize>()
             + old_key
                 .as_ref()
@@ -837,22 +857,21 @@ impl StreamState<'_> {
         Ok(())
     }
 
-    /// Publishes the open transaction's pending changes as one message.
-    /// Takes the open transaction's pending changes as one (chunk of a) transaction.
-    fn transaction(open: &mut OpenTxn, last: bool) -> event::Transaction {
+    /// Takes the open transaction's pending changes as one (chunk of a) transaction,
+    /// without its tables, and the tables its changes refer to.
+    fn transaction(open: &mut OpenTxn, last: bool) -> (event::Transaction, Vec<Arc<event::Table>>) {
         let txn = event::Transaction {
             position: Some(open.position),
             chunk_seq: open.chunk_seq,
             last,
             heartbeat: open.heartbeat,
-            tables: std::mem::take(&mut open.tables),
+            tables: Vec::new(),
             changes: std::mem::take(&mut open.changes),
             backfill: if last { open.backfill.take() } else { None },
         };
-        open.table_index.clear();
         open.bytes = 0;
         open.chunk_seq += 1;
-        txn
+        (txn, std::mem::take(&mut open.tables))
     }
 
     /// Publishes the packed small transactions, if any, as one message.
@@ -866,22 +885,26 @@ impl StreamState<'_> {
             .iter()
             .map(|t| t.changes.len() as u64)
             .sum();
-        self.send(pack.transactions, changes, pack.confirm).await
+        let tables = pack.tables.iter().map(|t| (**t).clone()).collect();
+        self.send(pack.transactions, tables, changes, pack.confirm)
+            .await
     }
 
     /// Publishes one chunk of a transaction too large to pack, in a message of its own
     /// (after whatever is packed, to keep the order).
     async fn publish(&mut self, open: &mut OpenTxn, last: bool) -> Result<(), Error> {
         self.flush_pack().await?;
-        let txn = Self::transaction(open, last);
+        let (mut txn, tables) = Self::transaction(open, last);
+        txn.tables = tables.iter().map(|t| (**t).clone()).collect();
         let changes = txn.changes.len() as u64;
         let confirm = last.then_some(open.position.end_lsn);
-        self.send(vec![txn], changes, confirm).await
+        self.send(vec![txn], Vec::new(), changes, confirm).await
     }
 
     async fn send(
         &mut self,
         transactions: Vec<event::Transaction>,
+        tables: Vec<event::Table>,
         changes: u64,
         confirm: Option<u64>,
     ) -> Result<(), Error> {
@@ -892,6 +915,7 @@ impl StreamState<'_> {
         let batch = event::Batch {
             schema_version: event::SCHEMA_VERSION,
             transactions,
+            tables,
         };
         let payload = batch.encode_to_vec();
         let share = payload.len().min(self.config.source.max_in_flight_bytes);
@@ -943,5 +967,66 @@ pub fn op_label(op: Op) -> &'static str {
         Op::Truncate => "truncate",
         Op::Backfill => "backfill",
         Op::Unspecified => "unspecified",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> Arc<event::Table> {
+        Arc::new(event::Table {
+            target_table: name.into(),
+            ..Default::default()
+        })
+    }
+
+    fn txn(lsn: u64, tables: &[usize]) -> event::Transaction {
+        event::Transaction {
+            position: Some(event::SourcePosition {
+                commit_lsn: lsn,
+                ..Default::default()
+            }),
+            last: true,
+            changes: tables
+                .iter()
+                .map(|&t| event::Change {
+                    table: t as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pack_describes_each_table_once_and_repoints_the_changes() {
+        let (a, b, c) = (table("a"), table("b"), table("c"));
+        let mut pack = Pack::default();
+        // Changes to a, b, a; then to c, b.
+        pack.add(txn(1, &[0, 1, 0]), &[a.clone(), b.clone()], 10, 2);
+        pack.add(txn(3, &[0, 1]), &[c.clone(), b.clone()], 10, 4);
+        let names: Vec<&str> = pack
+            .tables
+            .iter()
+            .map(|t| t.target_table.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let refs: Vec<Vec<&str>> = pack
+            .transactions
+            .iter()
+            .map(|t| {
+                t.changes
+                    .iter()
+                    .map(|c| pack.tables[c.table as usize].target_table.as_str())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(refs, [vec!["a", "b", "a"], vec!["c", "b"]]);
+        assert!(pack.transactions.iter().all(|t| t.tables.is_empty()));
+        assert_eq!((pack.changes, pack.bytes, pack.confirm), (5, 20, Some(4)));
+        // A relation described again is a table of its own, even under the same name.
+        pack.add(txn(5, &[0]), &[table("a")], 1, 6);
+        assert_eq!(pack.tables.len(), 4);
     }
 }

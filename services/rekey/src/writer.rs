@@ -449,25 +449,29 @@ impl Session<'_> {
     }
 
     /// Applies `group` (consecutive transactions, in order) and empties it.
+    /// `shared`: the batch's tables.
     async fn apply_group(
         &mut self,
         group: &mut Vec<&event::Transaction>,
+        shared: &[event::Table],
         poison: &impl Fn(String) -> Error,
     ) -> Result<(), Error> {
         if group.is_empty() {
             return Ok(());
         }
         if let Some(pool) = self.chunks.as_mut().filter(|p| !p.is_empty()) {
-            let tables: Vec<&str> = group
+            let mut tables: Vec<&str> = group
                 .iter()
-                .flat_map(|t| t.tables.iter().map(|x| x.target_table.as_str()))
+                .flat_map(|t| t.tables_in(shared).iter().map(|x| x.target_table.as_str()))
                 .collect();
+            tables.sort_unstable();
+            tables.dedup();
             pool.wait_for_tables(&tables).await?;
         }
         self.begin().await?;
         let applied = self
             .applier
-            .apply_all(&self.client, group)
+            .apply_all(&self.client, group, shared)
             .await
             .map_err(|e| match e {
                 Error::Invariant(reason) | Error::Setup(reason) => poison(reason),
@@ -514,10 +518,12 @@ impl Session<'_> {
     /// A part of a backfill chunk, while backfill runs: applied by the chunk pool. At a
     /// table's last chunk, every chunk in flight is waited for, so the end of backfill is
     /// recorded (and orphans purged) only once every row is in.
+    /// `shared`: the batch's tables.
     async fn backfill_part(
         &mut self,
         consumer: &StreamConsumer,
         txn: &event::Transaction,
+        shared: &[event::Table],
         offset: i64,
         poison: &impl Fn(String) -> Error,
     ) -> Result<(), Error> {
@@ -546,7 +552,10 @@ impl Session<'_> {
             };
             // Kept until the last part is sent: stopped in the middle, the writer must
             // read the chunk again from its first part.
-            let table = txn.tables.first().map_or("", |t| t.target_table.as_str());
+            let table = txn
+                .tables_in(shared)
+                .first()
+                .map_or("", |t| t.target_table.as_str());
             let pool = self
                 .chunks
                 .as_mut()
@@ -562,7 +571,12 @@ impl Session<'_> {
             .chunks
             .as_mut()
             .ok_or_else(|| Error::Invariant("backfill chunk without a chunk pool".into()))?;
-        pool.send(txn.clone()).await?;
+        // Self-contained on its connection: with its tables, if it shared the batch's.
+        let mut part = txn.clone();
+        if part.tables.is_empty() {
+            part.tables = shared.to_vec();
+        }
+        pool.send(part).await?;
         if let Some(head) = &mut self.chunk_head {
             head.next_seq += 1;
         }
@@ -597,13 +611,15 @@ impl Session<'_> {
         };
         let batch = event::Batch::decode(msg.payload().unwrap_or_default())
             .map_err(|e| poison(format!("not a rekey batch: {e}")))?;
-        if batch.schema_version != event::SCHEMA_VERSION {
+        if !(event::MIN_SCHEMA_VERSION..=event::SCHEMA_VERSION).contains(&batch.schema_version) {
             return Err(poison(format!(
-                "schema version {} (this writer understands {}): upgrade the writer",
+                "schema version {} (this writer understands {} to {}): upgrade the writer",
                 batch.schema_version,
+                event::MIN_SCHEMA_VERSION,
                 event::SCHEMA_VERSION
             )));
         }
+        let shared = &batch.tables[..];
         // Whole small transactions in a row are applied together, their statements
         // pipelined; anything else (chunks of a large one, backfill chunks) on its own.
         let mut group: Vec<&event::Transaction> = Vec::new();
@@ -618,8 +634,9 @@ impl Session<'_> {
                 continue;
             }
             if self.large.is_none() && self.chunks.is_some() && is_backfill(txn) {
-                self.apply_group(&mut group, &poison).await?;
-                self.backfill_part(consumer, txn, offset, &poison).await?;
+                self.apply_group(&mut group, shared, &poison).await?;
+                self.backfill_part(consumer, txn, shared, offset, &poison)
+                    .await?;
                 continue;
             }
             if self.large.is_none() && txn.chunk_seq == 0 && txn.last && txn.backfill.is_none() {
@@ -627,7 +644,7 @@ impl Session<'_> {
                 self.applied(pos);
                 continue;
             }
-            self.apply_group(&mut group, &poison).await?;
+            self.apply_group(&mut group, shared, &poison).await?;
             if let Some(large) = &self.large {
                 if large.commit_lsn != pos.commit_lsn || large.next_seq != txn.chunk_seq {
                     tracing::warn!(commit_lsn = %lsn_text(large.commit_lsn), "transaction restarted before its last chunk (reader restart); discarding the partial copy");
@@ -652,7 +669,7 @@ impl Session<'_> {
                 });
             }
             group.push(txn);
-            self.apply_group(&mut group, &poison).await?;
+            self.apply_group(&mut group, shared, &poison).await?;
             if txn.last {
                 if let Some(progress) = &txn.backfill {
                     self.backfill_progress(progress).await?;
@@ -663,7 +680,7 @@ impl Session<'_> {
                 large.next_seq += 1;
             }
         }
-        self.apply_group(&mut group, &poison).await?;
+        self.apply_group(&mut group, shared, &poison).await?;
         self.begin().await?;
         self.position.next_offset = offset + 1;
         Ok(())
