@@ -429,3 +429,46 @@ async fn deferred_indexes_come_back_once_their_table_is_done_or_deferral_is_off(
         "every index back, defined as it was"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deferring_indexes_gives_way_to_a_session_holding_a_table_lock() {
+    // An application reads the new store in a long transaction while the writer starts:
+    // the writer's start-up must not wait for ever for its exclusive lock (every later
+    // query on the table would queue behind it). It gives up after its lock timeout
+    // with an error the writer retries, leaves nothing half done, and succeeds once the
+    // lock is released.
+    let pg = rekey_tests::Pg::start().await;
+    pg.create_database("target").await;
+    let t = pg.connect("target").await;
+    t.batch_execute(rekey_workload::TARGET_SQL).await.unwrap();
+    t.batch_execute(rekey::backfill::SCHEMA_SQL).await.unwrap();
+    let before = index_defs(&t).await;
+    let config = rekey::config::Config::parse(promptstudio_config()).unwrap();
+
+    let app = pg.connect("target").await;
+    app.batch_execute("BEGIN; SELECT count(*) FROM prompt_executions")
+        .await
+        .unwrap();
+    let writer = pg.connect("target").await;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(120),
+        rekey::deferred_index::reconcile(&writer, &config),
+    )
+    .await
+    .expect("reconcile gives up instead of waiting for the lock for ever");
+    let err = waited.expect_err("the lock was held");
+    assert!(err.is_retryable(), "the writer retries it: {err}");
+    assert!(
+        err.one_line().contains("prompt_executions"),
+        "names the table it waited for: {}",
+        err.one_line()
+    );
+    assert!(deferred_names(&t).await.is_empty(), "all or nothing");
+    assert_eq!(index_defs(&t).await, before);
+
+    app.batch_execute("COMMIT").await.unwrap();
+    rekey::deferred_index::reconcile(&writer, &config)
+        .await
+        .unwrap();
+    assert_eq!(deferred_names(&t).await.len(), 11);
+}

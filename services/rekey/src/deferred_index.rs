@@ -21,6 +21,12 @@
 //! gets its recorded indexes back; a table still being copied has its indexes deferred.
 //! The cutover waits until no index is deferred any more (see [`any`]), so the new store
 //! is never cut over without its indexes.
+//!
+//! Locks: dropping an index locks its table exclusively, and while that lock is awaited
+//! every later query on the table queues behind it. The new store runs beside the old
+//! one and applications may read it, so [`reconcile`] waits at most
+//! [`LOCK_TIMEOUT`] for a table's lock; past that it gives up and rolls back, and the
+//! writer retries its start with backoff, saying which step waited.
 
 use std::time::Instant;
 
@@ -39,17 +45,30 @@ CREATE TABLE IF NOT EXISTS rekey.deferred_index (
     PRIMARY KEY (target_table, index_name)
 );";
 
+/// The longest [`reconcile`] waits for a table's lock before it gives up (and the writer
+/// retries): how long queries on that table may queue behind it.
+pub const LOCK_TIMEOUT: &str = "5s";
+
 /// At the writer's start: defers the indexes of tables still being backfilled, builds
-/// those of tables that are done (see the module doc). One transaction.
+/// those of tables that are done (see the module doc). One transaction; a lock not
+/// granted within [`LOCK_TIMEOUT`] fails it with a retryable error.
 pub async fn reconcile(client: &Client, config: &Config) -> Result<(), Error> {
     client
         .batch_execute(SCHEMA_SQL)
         .await
         .map_err(Error::target_db("creating the rekey.deferred_index table"))?;
     client
-        .batch_execute("BEGIN")
+        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
         .await
         .map_err(Error::target_db("beginning to reconcile deferred indexes"))?;
+    let result = reconcile_tables(client, config).await;
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+async fn reconcile_tables(client: &Client, config: &Config) -> Result<(), Error> {
     let deferring = config.backfill.enabled && config.backfill.defer_indexes;
     for t in &config.tables {
         let table = t.target_name();
