@@ -1,14 +1,21 @@
 //! Applying source transactions to the target: batched, pipelined, idempotent,
 //! order-guarded.
 //!
-//! Changes are applied in source order. Consecutive changes of the same kind to the same
-//! table form a *run* — across transaction boundaries too, since adjacent changes stay
-//! adjacent — applied with one multi-row statement over `unnest($n::text[])` (values
-//! travel as text and are cast to the target column's type, which is lossless). Within a
-//! run, only the last change to a key is kept (the statement cannot touch a row twice,
-//! and the last image wins anyway). The statements of a group of transactions are
-//! *pipelined*: sent on the one connection without waiting for each reply, so the target
-//! executes them back to back, in order, and a small transaction costs no round trip.
+//! The changes of a group of transactions (what one Kafka message carries) are applied
+//! as *runs*: changes of the same kind to the same table, applied with one multi-row
+//! statement over `unnest($n::text[])` (values travel as text and are cast to the target
+//! column's type, which is lossless). A change joins the run before it, or an earlier
+//! run of its table and kind where the target cannot tell the difference before the
+//! commit (see [`plan`] and [`crate::target::Order`]): every row's changes stay in
+//! source order, a table with a unique constraint beyond its key keeps its own changes
+//! in order, and nothing passes a table with an immediate foreign key or a trigger. A
+//! stream of small transactions interleaving a few tables thus costs a statement per
+//! table and kind, not one per change. Within a run of a table whose rows commute, only
+//! the last change to a key is kept (the statement cannot touch a row twice, and the
+//! last image wins anyway); elsewhere a row's second change starts a new run. The
+//! statements are *pipelined*: sent on the one connection without waiting for each
+//! reply, so the target executes them back to back, in order, and a small transaction
+//! costs no round trip.
 //!
 //! Every write carries its source commit LSN as `row_version` and only takes effect where
 //! the target row's `row_version` is not newer (`x.row_version <= new`), so:
