@@ -552,10 +552,7 @@ impl Session<'_> {
             };
             // Kept until the last part is sent: stopped in the middle, the writer must
             // read the chunk again from its first part.
-            let table = txn
-                .tables_in(shared)
-                .first()
-                .map_or("", |t| t.target_table.as_str());
+            let table = chunk_table(txn, shared);
             let pool = self
                 .chunks
                 .as_mut()
@@ -697,7 +694,69 @@ fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// The target table of a backfill chunk part: the table of its rows (a small chunk may
+/// share its batch's tables with other transactions, so not simply the first of them),
+/// or, when the stream superseded every row, the one its progress names.
+fn chunk_table<'a>(txn: &'a event::Transaction, shared: &'a [event::Table]) -> &'a str {
+    let tables = txn.tables_in(shared);
+    txn.changes
+        .first()
+        .and_then(|c| tables.get(c.table as usize))
+        .map(|t| t.target_table.as_str())
+        .or_else(|| txn.backfill.as_ref().map(|b| b.target_table.as_str()))
+        .unwrap_or("")
+}
+
 /// `X/Y` form of an LSN.
 pub fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> event::Table {
+        event::Table {
+            target_table: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_packed_chunk_part_is_of_the_table_of_its_rows() {
+        // Packed after a stream transaction on another table, the chunk's rows refer to
+        // the batch's second table.
+        let shared = [
+            table("public.prompt_executions"),
+            table("public.prompt_labs"),
+        ];
+        let part = event::Transaction {
+            changes: vec![event::Change {
+                table: 1,
+                op: event::Op::Backfill as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(chunk_table(&part, &shared), "public.prompt_labs");
+        // Every row superseded: the progress names the table.
+        let empty = event::Transaction {
+            backfill: Some(event::BackfillProgress {
+                target_table: "public.prompt_flows".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(chunk_table(&empty, &shared), "public.prompt_flows");
+        // Unpacked: its own tables.
+        let own = event::Transaction {
+            tables: vec![
+                table("public.prompt_flows"),
+                table("public.flow_executions"),
+            ],
+            ..part.clone()
+        };
+        assert_eq!(chunk_table(&own, &shared), "public.flow_executions");
+    }
 }
