@@ -348,7 +348,8 @@ fn plan<'a>(
                     time,
                 };
                 let strict = order == Order::Strict || kind == Kind2::Truncate;
-                let last_touch = touched.get(&(name, row.key.clone())).copied();
+                let slot = (name, row.key.clone());
+                let last_touch = touched.get(&slot).copied();
                 let join = if strict {
                     runs.len().checked_sub(1)
                 } else {
@@ -379,7 +380,7 @@ fn plan<'a>(
                         runs.len() - 1
                     }
                 };
-                touched.insert((name, row.key.clone()), i);
+                touched.insert(slot, i);
                 if strict {
                     barrier = Some(i);
                 } else {
