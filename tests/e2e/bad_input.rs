@@ -34,7 +34,8 @@ async fn slot_exists(p: &Pipeline) -> bool {
 async fn a_source_without_logical_wal_is_named() {
     let (legacy, target, broker) = tokio::join!(
         Pg::start_with(PgOptions {
-            wal_level: "replica"
+            wal_level: "replica",
+            ..PgOptions::default()
         }),
         Pg::start(),
         Broker::start()

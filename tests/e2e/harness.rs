@@ -28,6 +28,7 @@ async fn pg_starts_with_logical_wal_level_and_creates_databases() {
 async fn pg_honours_wal_level_option() {
     let pg = Pg::start_with(PgOptions {
         wal_level: "replica",
+        ..PgOptions::default()
     })
     .await;
     let client = pg.connect("postgres").await;

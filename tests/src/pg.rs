@@ -18,12 +18,16 @@ use crate::wait::{file_tail, free_port, keep_test_dirs, unique_temp_dir};
 pub struct PgOptions {
     /// `wal_level`: "logical" (default), "replica" or "minimal".
     pub wal_level: &'static str,
+    /// `shared_buffers`: "32MB" (default) keeps a test's dozen clusters small; the bench
+    /// sizes its clusters as a production server would be.
+    pub shared_buffers: String,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
         PgOptions {
             wal_level: "logical",
+            shared_buffers: "32MB".into(),
         }
     }
 }
@@ -99,11 +103,12 @@ impl Pg {
              full_page_writes = off\n\
              timezone = 'UTC'\n\
              log_timezone = 'UTC'\n\
-             shared_buffers = 32MB\n\
+             shared_buffers = {shared_buffers}\n\
              logging_collector = off\n\
              log_line_prefix = '%m [%p] %q%a@%d '\n",
             sock = pg.dir.display(),
             wal = opts.wal_level,
+            shared_buffers = opts.shared_buffers,
         );
         pg.append_conf(&conf);
 

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use crate::broker::Storage;
 use crate::pipeline::{promptstudio_config, Pipeline, DB};
 use crate::scrape::{self, scrape};
-use crate::{Broker, Pg};
+use crate::{Broker, Pg, PgOptions};
 
 use consumer::Consumer;
 use procstat::Probe;
@@ -82,6 +82,8 @@ pub struct Options {
     pub kafka_options: Vec<(String, String)>,
     /// How the broker keeps its log (sqlite, as in the tests, unless told otherwise).
     pub broker_storage: Storage,
+    /// `shared_buffers` of every cluster in the run.
+    pub shared_buffers: String,
     pub clients: u32,
     pub jobs: u32,
     pub out: PathBuf,
@@ -91,12 +93,14 @@ pub const USAGE: &str = "usage: rekey-bench [--scale F] [--seed N] [--only backf
                    [--steps \"500,1000,2000,3000,4000,6000,8000,max\"] [--step-secs N]
                    [--drain-bound-secs S] [--chunk-rows N] [--parallelism N] [--no-defer-indexes]
                    [--kafka-option KEY=VALUE]…
-                   [--broker-storage memory|sqlite] [--clients N] [--jobs N] [--out PATH]";
+                   [--broker-storage memory|sqlite] [--shared-buffers SIZE] [--clients N] [--jobs N] [--out PATH]";
 
 /// Rows per backfill chunk the bench runs rekey with: the product default, so the figures
 /// are what a user gets. `--chunk-rows` tries others (at scale 1 on 2 vCPUs, once the
 /// writer was the bottleneck, 5 000, 10 000 and 20 000 copied equally fast, 29.3k / 28.5k
 /// / 29.5k rows/s, while the reader's peak RSS grew 231 → 262 → 310 MiB).
+pub const BENCH_SHARED_BUFFERS: &str = "32MB";
+
 pub const BENCH_CHUNK_ROWS: usize = rekey::config::DEFAULT_BACKFILL_CHUNK_ROWS;
 
 impl Default for Options {
@@ -117,6 +121,7 @@ impl Default for Options {
             defer_indexes: true,
             kafka_options: Vec::new(),
             broker_storage: Storage::Sqlite,
+            shared_buffers: BENCH_SHARED_BUFFERS.into(),
             clients: 4,
             jobs: 2,
             out: default_out(),
@@ -192,6 +197,7 @@ impl Options {
                         return Err("--chunk-rows must be at least 1".into());
                     }
                 }
+                "--shared-buffers" => o.shared_buffers = value()?,
                 "--parallelism" => {
                     o.parallelism = num(&flag, &value()?)?;
                     if o.parallelism == 0 {
@@ -363,10 +369,16 @@ pub async fn run(options: Options) -> Report {
     let began = Instant::now();
     let plan = options.plan();
     println!("starting a legacy, a rekey target and a subscriber PostgreSQL and a tansu broker on loopback…");
+    let cluster = || {
+        Pg::start_with(PgOptions {
+            shared_buffers: options.shared_buffers.clone(),
+            ..PgOptions::default()
+        })
+    };
     let (legacy, target, subscriber, broker) = tokio::join!(
-        Pg::start(),
-        Pg::start(),
-        Pg::start(),
+        cluster(),
+        cluster(),
+        cluster(),
         Broker::start_with(options.broker_storage)
     );
     let mut p = Pipeline::assemble(legacy, target, broker, &rekey_config(&options)).await;
