@@ -321,3 +321,88 @@ async fn the_target_catalog_says_which_tables_may_be_gathered() {
         assert_eq!(*order, want, "{table}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn as_a_replica_the_writer_leaves_the_new_stores_triggers_and_foreign_keys_to_cutover() {
+    let config = format!(
+        "{}\n[target]\nreplication_role = \"replica\"\n",
+        rekey_tests::pipeline::promptstudio_config()
+    );
+    let mut p = Pipeline::with_config(&config).await;
+    // An ordinary trigger in the new store that rewrites what it is given.
+    p.target_client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION mark() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN NEW.name := NEW.name || ' (edited)'; RETURN NEW; END $$;
+             CREATE TRIGGER mark BEFORE INSERT OR UPDATE ON prompt_labs
+               FOR EACH ROW EXECUTE FUNCTION mark();",
+        )
+        .await
+        .unwrap();
+    p.start().await;
+    p.legacy_sql(INSERTS).await;
+    p.legacy_sql(CHANGES).await;
+    // The replicated rows are the source's, through backfill and after it: the trigger
+    // did not fire for the writer, as with PostgreSQL's own logical replication.
+    p.assert_converged().await;
+    assert_eq!(
+        p.target_value("SELECT name FROM prompt_labs WHERE legacy_id = 2")
+            .await
+            .as_deref(),
+        Some("Lab two")
+    );
+    // It does for any other session: it was live all along.
+    let target = p.target_client().await;
+    target
+        .batch_execute("UPDATE prompt_labs SET description = 'by hand' WHERE legacy_id = 2")
+        .await
+        .unwrap();
+    assert_eq!(
+        p.target_value("SELECT name FROM prompt_labs WHERE legacy_id = 2")
+            .await
+            .as_deref(),
+        Some("Lab two (edited)")
+    );
+    target
+        .batch_execute(
+            "UPDATE prompt_labs SET name = 'Lab two', description = 'second' WHERE legacy_id = 2",
+        )
+        .await
+        .unwrap();
+
+    // Foreign keys are not checked on the writer's rows. The legacy store loses one of
+    // its constraints and takes a step whose template does not exist: the writer
+    // applies it (as `origin` it would stop at the commit), and the cutover's
+    // validating step names it.
+    p.legacy_sql(
+        "ALTER TABLE prompt_flow_steps DROP CONSTRAINT prompt_flow_steps_prompt_template_id_fkey;
+         INSERT INTO prompt_flow_steps (prompt_flow_id, position, prompt_template_id) VALUES (20, 3, 999);",
+    )
+    .await;
+    p.wait_caught_up(std::time::Duration::from_secs(90)).await;
+    assert_eq!(
+        p.target_value(
+            "SELECT count(*)::text FROM prompt_flow_steps s
+              WHERE NOT EXISTS (SELECT 1 FROM prompt_templates t WHERE t.id = s.prompt_template_id)"
+        )
+        .await
+        .as_deref(),
+        Some("1")
+    );
+    p.set_phase("cutover");
+    rekey_tests::wait_until(
+        "the cutover to fail",
+        std::time::Duration::from_secs(90),
+        || async { p.cutover_state().await.as_deref() == Some("failed") },
+    )
+    .await;
+    let detail = p
+        .target_value("SELECT detail FROM rekey.status")
+        .await
+        .unwrap_or_default();
+    assert!(
+        detail.contains("foreign keys pointing at no row") && detail.contains("prompt_flow_steps"),
+        "{detail}"
+    );
+}

@@ -143,6 +143,21 @@ pub struct TargetConfig {
     /// (measured on the PromptStudio templates), the values read back the same.
     #[serde(default)]
     pub toast_compression: Option<String>,
+    /// The writer's `session_replication_role` once backfill is done (during backfill
+    /// it is always `replica`). `origin`: foreign keys are checked at each commit and
+    /// the new store's ordinary triggers fire on the rows the writer applies. `replica`:
+    /// as PostgreSQL's own logical replication apply, neither (only `ENABLE REPLICA` and
+    /// `ENABLE ALWAYS` triggers fire); the cutover's validating step and `rekeyctl
+    /// verify` still check every foreign key.
+    #[serde(default = "default_replication_role")]
+    pub replication_role: String,
+}
+
+impl TargetConfig {
+    /// Whether the writer applies with `session_replication_role = replica` after backfill.
+    pub fn applies_as_replica(&self) -> bool {
+        self.replication_role == "replica"
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +291,9 @@ fn default_in_flight_bytes() -> usize {
 }
 fn default_batch_changes() -> usize {
     DEFAULT_BATCH_MAX_CHANGES
+}
+fn default_replication_role() -> String {
+    "origin".into()
 }
 fn default_linger() -> u64 {
     DEFAULT_BATCH_LINGER_MS
@@ -435,6 +453,9 @@ impl Config {
             if !matches!(c.as_str(), "lz4" | "pglz" | "server") {
                 return bad("target.toast_compression", "must be lz4, pglz or server");
             }
+        }
+        if !matches!(self.target.replication_role.as_str(), "origin" | "replica") {
+            return bad("target.replication_role", "must be origin or replica");
         }
         if self.tables.is_empty() {
             return bad(
@@ -604,6 +625,31 @@ mod tests {
         let err = c.validate(Role::Writer).unwrap_err().to_string();
         assert!(
             err.contains("target.toast_compression") && err.contains("lz4, pglz or server"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_replication_role_is_named() {
+        let writer = |extra: &str| {
+            let mut c = Config::parse(&format!("{MINIMAL}\n[target]\n{extra}\n")).unwrap();
+            c.apply_env(|k| match k {
+                "REKEY_TARGET_URL" => Some("postgres://x/y".to_string()),
+                "REKEY_ID_SECRET" => Some("0123456789abcdef0123".to_string()),
+                _ => None,
+            });
+            c.validate(Role::Writer).map(|()| c)
+        };
+        assert!(!writer("").unwrap().target.applies_as_replica());
+        assert!(writer("replication_role = \"replica\"")
+            .unwrap()
+            .target
+            .applies_as_replica());
+        let err = writer("replication_role = \"local\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("target.replication_role") && err.contains("origin or replica"),
             "{err}"
         );
     }

@@ -42,7 +42,10 @@ pub enum Order {
     /// still pass them, since a unique constraint spans one table.
     Table,
     /// An immediate foreign key or a user trigger can see other tables: nothing passes
-    /// this table's changes, and they pass nothing.
+    /// this table's changes, and they pass nothing. Also with `target.replication_role
+    /// = replica`, where neither fires for the writer except `ENABLE ALWAYS`/`REPLICA`
+    /// triggers: the catalog query does not tell those apart, and erring strict only
+    /// costs statements.
     Strict,
 }
 

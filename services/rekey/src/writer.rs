@@ -96,8 +96,9 @@ struct Session<'a> {
     changes_in_batch: u64,
     txns_in_batch: Vec<i64>,
     large: Option<Large>,
-    /// Whether foreign keys are checked: not while backfill runs (see [`fk_mode`]).
-    fk_enforced: bool,
+    /// Whether every table's backfill is done; foreign keys are not checked before (see
+    /// [`fk_mode`]).
+    backfill_complete: bool,
     /// A table's backfill completed in the open transaction: re-check the FK mode.
     backfill_table_done: bool,
     /// Backfill chunks applied on connections of their own, while backfill runs.
@@ -152,18 +153,21 @@ impl Every {
     }
 }
 
-/// Foreign keys during backfill.
+/// Foreign keys during backfill, and after it; returns whether backfill is complete.
 ///
 /// While backfill runs, the stream carries changes of rows whose parents are not copied
 /// yet (a new execution of a template whose chunk has not been read). Like PostgreSQL's
 /// own logical replication apply workers, the writer then applies with
 /// `session_replication_role = replica`, which skips foreign-key triggers; once every
-/// table's backfill is recorded as done, all parents exist and it switches back to
-/// `origin`, so foreign keys are enforced (deferred, at each commit) from then on.
-/// `rekeyctl verify` checks the foreign keys of the rows written meanwhile.
+/// table's backfill is recorded as done, all parents exist and it switches to
+/// `target.replication_role`: `origin` (the default), so foreign keys are enforced
+/// (deferred, at each commit) from then on, or `replica`, which stays as it was.
+/// `rekeyctl verify` and the cutover's validating step check the foreign keys of the
+/// rows written without.
 async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
     let complete = !config.backfill.enabled || crate::backfill::all_done(client, config).await?;
-    set_replication_role(client, if complete { "origin" } else { "replica" }).await?;
+    let origin = complete && !config.target.applies_as_replica();
+    set_replication_role(client, if origin { "origin" } else { "replica" }).await?;
     Ok(complete)
 }
 
@@ -172,7 +176,7 @@ pub(crate) async fn set_replication_role(client: &Client, role: &str) -> Result<
     client.batch_execute(&format!("SET session_replication_role = {role}")).await.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
             Error::Setup(
-                "the writer must skip foreign-key checks while backfill runs: GRANT SET ON PARAMETER session_replication_role TO <the writer's user> (PostgreSQL 15+), or set backfill.enabled = false".into(),
+                "the writer must skip foreign-key checks while backfill runs (or throughout, with target.replication_role = replica): GRANT SET ON PARAMETER session_replication_role TO <the writer's user> (PostgreSQL 15+), or set backfill.enabled = false".into(),
             )
         } else {
             Error::target_db("setting session_replication_role")(e)
@@ -229,9 +233,11 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
     crate::deferred_index::reconcile(&client, config).await?;
     let topic = &config.kafka.topic;
     let saved = checkpoint::load(&client, topic, publish::PARTITION).await?;
-    let fk_enforced = fk_mode(&client, config).await?;
-    if !fk_enforced {
+    let backfill_complete = fk_mode(&client, config).await?;
+    if !backfill_complete {
         tracing::info!("backfill in progress: foreign keys are checked once it completes");
+    } else if config.target.applies_as_replica() {
+        tracing::info!("target.replication_role = replica: foreign keys are checked at cutover, ordinary triggers do not fire");
     }
 
     let mut cc = publish::client_config(&config.kafka);
@@ -260,7 +266,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
     metrics::gauge!(telemetry::WRITER_CONSISTENT_LSN).set(position.commit_lsn as f64);
 
     let chunks =
-        (!fk_enforced).then(|| ChunkPool::new(catalog.clone(), config.backfill.parallelism));
+        (!backfill_complete).then(|| ChunkPool::new(catalog.clone(), config.backfill.parallelism));
     let mut s = Session {
         config,
         client,
@@ -270,7 +276,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         changes_in_batch: 0,
         txns_in_batch: Vec::new(),
         large: None,
-        fk_enforced,
+        backfill_complete,
         backfill_table_done: false,
         chunks,
         chunk_head: None,
@@ -364,10 +370,14 @@ impl Session<'_> {
             .await
             .map_err(Error::target_db("committing"))?;
         self.open = false;
-        if std::mem::take(&mut self.backfill_table_done) && !self.fk_enforced {
-            self.fk_enforced = fk_mode(&self.client, self.config).await?;
-            if self.fk_enforced {
-                tracing::info!("backfill complete: foreign keys are enforced from now on");
+        if std::mem::take(&mut self.backfill_table_done) && !self.backfill_complete {
+            self.backfill_complete = fk_mode(&self.client, self.config).await?;
+            if self.backfill_complete {
+                if self.config.target.applies_as_replica() {
+                    tracing::info!("backfill complete: foreign keys are checked at cutover (target.replication_role = replica)");
+                } else {
+                    tracing::info!("backfill complete: foreign keys are enforced from now on");
+                }
                 if let Some(mut pool) = self.chunks.take() {
                     pool.drain().await?;
                 }
@@ -507,7 +517,7 @@ impl Session<'_> {
     /// what can never be valid (see purge_orphans) and has foreign keys enforced from its
     /// commit on.
     async fn end_of_backfill(&mut self) -> Result<(), Error> {
-        if !self.fk_enforced && crate::backfill::all_done(&self.client, self.config).await? {
+        if !self.backfill_complete && crate::backfill::all_done(&self.client, self.config).await? {
             self.begin().await?;
             crate::backfill::purge_orphans(&self.client, self.config).await?;
             self.backfill_table_done = true;

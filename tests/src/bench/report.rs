@@ -62,13 +62,14 @@ pub fn table(r: &Report) -> String {
     let o = &r.options;
     let _ = writeln!(
         t,
-        "\nrekey bench: PromptStudio at scale {} ({} rows seeded, seed {}), {} build, {} CPUs, PostgreSQL {}, tansu ({} storage); every server on this machine",
+        "\nrekey bench: PromptStudio at scale {} ({} rows seeded, seed {}), {} build, {} CPUs, PostgreSQL {} (shared_buffers {}), tansu ({} storage); every server on this machine",
         o.scale,
         thousands(r.seeded_rows as f64),
         o.seed,
         r.build,
         r.cpus,
         r.postgres,
+        o.shared_buffers,
         o.broker_storage.name()
     );
 
@@ -333,10 +334,12 @@ pub fn json(r: &Report) -> Value {
             "pgbench_mix_percent": super::pgbench::Mix::weights().into_iter().map(|(k, w)| (k.to_string(), json!(w))).collect::<serde_json::Map<_, _>>(),
             "rekey_backfill_chunk_rows": o.chunk_rows,
             "rekey_backfill_parallelism": o.parallelism,
+            "rekey_target_replication_role": if o.replica { "replica" } else { "origin" },
             "rekey_kafka_options_overridden": o.kafka_options.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "build": r.build,
             "cpus": r.cpus,
             "postgres": r.postgres,
+            "postgres_shared_buffers": o.shared_buffers,
             "broker_storage": o.broker_storage.name(),
         },
         "backfill": {
