@@ -126,3 +126,61 @@ async fn an_unreachable_broker_is_retried_and_nothing_written_meanwhile_is_lost(
         .await;
     p.assert_converged().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_not_allowed_to_skip_foreign_keys_is_told_the_grant() {
+    let p = Pipeline::new().await;
+    // A writer's user that owns the new schema but is no superuser.
+    p.target_client()
+        .await
+        .batch_execute(
+            "CREATE ROLE rekey_writer LOGIN;
+             GRANT CREATE ON DATABASE promptstudio TO rekey_writer;
+             ALTER SCHEMA public OWNER TO rekey_writer;
+             DO $$ DECLARE t text; BEGIN
+               FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP
+                 EXECUTE format('ALTER TABLE public.%I OWNER TO rekey_writer', t);
+               END LOOP; END $$;",
+        )
+        .await
+        .unwrap();
+    let mut env = p.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "REKEY_TARGET_URL" {
+            *v = v.replacen("postgres://postgres@", "postgres://rekey_writer@", 1);
+        }
+    }
+    let spawn = || Service::spawn("rekey-writer", &["--config", &p.config_arg()], &env);
+    let mut writer = spawn();
+    let status = writer
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the writer exits when it may not skip foreign keys");
+    let out = writer.output();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("rekey-writer: error: "))
+        .collect();
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert_eq!(lines.len(), 1, "exactly one error line, got:\n{out}");
+    assert!(
+        lines[0].contains("GRANT SET ON PARAMETER session_replication_role TO"),
+        "{}",
+        lines[0]
+    );
+
+    // Doing what it says is enough.
+    p.target_client()
+        .await
+        .batch_execute("GRANT SET ON PARAMETER session_replication_role TO rekey_writer")
+        .await
+        .unwrap();
+    let writer = spawn();
+    assert!(
+        writer
+            .wait_for_output("applying", Duration::from_secs(30))
+            .await,
+        "the writer applies once granted:\n{}",
+        writer.output()
+    );
+}

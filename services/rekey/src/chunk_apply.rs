@@ -223,7 +223,7 @@ impl Drop for ChunkPool {
 
 async fn open(config: &Config, catalog: &Catalog) -> Result<Side, Error> {
     let client = crate::writer::connect_target(config).await?;
-    crate::writer::set_replication_role(&client, "replica").await?;
+    crate::writer::set_replication_role(&client, config, "replica").await?;
     Ok(Side {
         client,
         applier: Applier::new(catalog.clone()),

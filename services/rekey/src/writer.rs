@@ -167,17 +167,27 @@ impl Every {
 async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
     let complete = !config.backfill.enabled || crate::backfill::all_done(client, config).await?;
     let origin = complete && !config.target.applies_as_replica();
-    set_replication_role(client, if origin { "origin" } else { "replica" }).await?;
+    set_replication_role(client, config, if origin { "origin" } else { "replica" }).await?;
     Ok(complete)
 }
 
 /// `SET session_replication_role`; `replica` skips foreign-key triggers (see [`fk_mode`]).
-pub(crate) async fn set_replication_role(client: &Client, role: &str) -> Result<(), Error> {
+pub(crate) async fn set_replication_role(
+    client: &Client,
+    config: &Config,
+    role: &str,
+) -> Result<(), Error> {
     client.batch_execute(&format!("SET session_replication_role = {role}")).await.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-            Error::Setup(
-                "the writer must skip foreign-key checks while backfill runs (or throughout, with target.replication_role = replica): GRANT SET ON PARAMETER session_replication_role TO <the writer's user> (PostgreSQL 15+), or set backfill.enabled = false".into(),
-            )
+            let otherwise = if config.target.applies_as_replica() {
+                "or set target.replication_role = origin and backfill.enabled = false"
+            } else {
+                "or set backfill.enabled = false"
+            };
+            Error::Setup(format!(
+                "the writer must skip foreign-key checks while backfill runs{}: GRANT SET ON PARAMETER session_replication_role TO <the writer's user> (PostgreSQL 15+), {otherwise}",
+                if config.target.applies_as_replica() { " and after (target.replication_role = replica)" } else { "" }
+            ))
         } else {
             Error::target_db("setting session_replication_role")(e)
         }
