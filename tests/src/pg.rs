@@ -19,7 +19,7 @@ pub struct PgOptions {
     /// `wal_level`: "logical" (default), "replica" or "minimal".
     pub wal_level: &'static str,
     /// `shared_buffers`: "32MB" (default) keeps a test's dozen clusters small; the bench
-    /// sizes its clusters as a production server would be.
+    /// takes another size with `--shared-buffers`.
     pub shared_buffers: String,
 }
 

@@ -179,14 +179,13 @@ pub(crate) async fn set_replication_role(
 ) -> Result<(), Error> {
     client.batch_execute(&format!("SET session_replication_role = {role}")).await.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-            let otherwise = if config.target.applies_as_replica() {
-                "or set target.replication_role = origin and backfill.enabled = false"
+            let (after, otherwise) = if config.target.applies_as_replica() {
+                (" and after it (target.replication_role = replica)", "target.replication_role = origin and backfill.enabled = false")
             } else {
-                "or set backfill.enabled = false"
+                ("", "backfill.enabled = false")
             };
             Error::Setup(format!(
-                "the writer must skip foreign-key checks while backfill runs{}: GRANT SET ON PARAMETER session_replication_role TO <the writer's user> (PostgreSQL 15+), {otherwise}",
-                if config.target.applies_as_replica() { " and after (target.replication_role = replica)" } else { "" }
+                "the writer must skip foreign-key checks while backfill runs{after}: GRANT SET ON PARAMETER session_replication_role TO <the writer's user> (PostgreSQL 15+), or set {otherwise}"
             ))
         } else {
             Error::target_db("setting session_replication_role")(e)

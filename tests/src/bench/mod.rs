@@ -21,8 +21,8 @@
 //! One consumer streams at a time; the other is stopped (rekey) or not subscribed yet
 //! (native), so neither takes CPU from the other. The servers: a legacy cluster, the
 //! rekey target cluster, a subscriber cluster (native, and the pg_dump copy in its own
-//! database), all `Pg::start()` clusters with the same settings, and one tansu broker
-//! with its durable sqlite storage, as in the tests. `--broker-storage memory` keeps
+//! database), all with the harness's settings (`--shared-buffers` sizes them), and one
+//! tansu broker with its durable sqlite storage, as in the tests. `--broker-storage memory` keeps
 //! the log in memory instead: during a backfill sqlite costs tansu 0.3–0.5 of a core (and
 //! the reader's producer as much again, waiting on slower acknowledgements), a cost of
 //! tansu's that Kafka, whose log is an append to the page cache, does not have; but
