@@ -96,12 +96,10 @@ struct Session<'a> {
     changes_in_batch: u64,
     txns_in_batch: Vec<i64>,
     large: Option<Large>,
-    /// Whether every table's backfill is done; foreign keys are not checked before (see
-    /// [`fk_mode`]).
-    backfill_complete: bool,
     /// A table's backfill completed in the open transaction: re-check the FK mode.
     backfill_table_done: bool,
-    /// Backfill chunks applied on connections of their own, while backfill runs.
+    /// Backfill chunks applied on connections of their own: `Some` exactly while backfill
+    /// runs, and foreign keys are not checked (see [`fk_mode`]).
     chunks: Option<ChunkPool>,
     /// The backfill chunk being sent to the pool, part by part.
     chunk_head: Option<ChunkHead>,
@@ -285,7 +283,6 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         changes_in_batch: 0,
         txns_in_batch: Vec::new(),
         large: None,
-        backfill_complete,
         backfill_table_done: false,
         chunks,
         chunk_head: None,
@@ -379,17 +376,17 @@ impl Session<'_> {
             .await
             .map_err(Error::target_db("committing"))?;
         self.open = false;
-        if std::mem::take(&mut self.backfill_table_done) && !self.backfill_complete {
-            self.backfill_complete = fk_mode(&self.client, self.config).await?;
-            if self.backfill_complete {
-                if self.config.target.applies_as_replica() {
-                    tracing::info!("backfill complete: foreign keys are checked at cutover (target.replication_role = replica)");
-                } else {
-                    tracing::info!("backfill complete: foreign keys are enforced from now on");
-                }
-                if let Some(mut pool) = self.chunks.take() {
-                    pool.drain().await?;
-                }
+        if std::mem::take(&mut self.backfill_table_done)
+            && self.chunks.is_some()
+            && fk_mode(&self.client, self.config).await?
+        {
+            if self.config.target.applies_as_replica() {
+                tracing::info!("backfill complete: foreign keys are checked at cutover (target.replication_role = replica)");
+            } else {
+                tracing::info!("backfill complete: foreign keys are enforced from now on");
+            }
+            if let Some(mut pool) = self.chunks.take() {
+                pool.drain().await?;
             }
         }
         let now = now_micros();
@@ -526,7 +523,7 @@ impl Session<'_> {
     /// what can never be valid (see purge_orphans) and has foreign keys enforced from its
     /// commit on.
     async fn end_of_backfill(&mut self) -> Result<(), Error> {
-        if !self.backfill_complete && crate::backfill::all_done(&self.client, self.config).await? {
+        if self.chunks.is_some() && crate::backfill::all_done(&self.client, self.config).await? {
             self.begin().await?;
             crate::backfill::purge_orphans(&self.client, self.config).await?;
             self.backfill_table_done = true;
