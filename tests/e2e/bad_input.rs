@@ -127,10 +127,9 @@ async fn an_unreachable_broker_is_retried_and_nothing_written_meanwhile_is_lost(
     p.assert_converged().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_writer_not_allowed_to_skip_foreign_keys_is_told_the_grant() {
-    let p = Pipeline::new().await;
-    // A writer's user that owns the new schema but is no superuser.
+/// The pipeline's environment with the writer connecting as a user that owns the new
+/// schema but is no superuser.
+async fn writer_no_superuser(p: &Pipeline) -> Vec<(&'static str, String)> {
     p.target_client()
         .await
         .batch_execute(
@@ -150,6 +149,63 @@ async fn a_writer_not_allowed_to_skip_foreign_keys_is_told_the_grant() {
             *v = v.replacen("postgres://postgres@", "postgres://rekey_writer@", 1);
         }
     }
+    env
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_backfill_a_writer_not_allowed_to_skip_foreign_keys_leaves_them_to_postgres() {
+    // What the grant's error line offers instead: no backfill, so nothing needs the
+    // replica role, and PostgreSQL checks each row's foreign keys at the commit.
+    let config = format!(
+        "{}\n[backfill]\nenabled = false\n",
+        rekey_tests::pipeline::promptstudio_config()
+    );
+    let mut p = Pipeline::with_config(&config).await;
+    let env = writer_no_superuser(&p).await;
+    p.start_reader();
+    p.writer = Some(Service::spawn(
+        "rekey-writer",
+        &["--config", &p.config_arg()],
+        &env,
+    ));
+    p.wait_streaming().await;
+    p.legacy_sql(
+        "INSERT INTO prompt_labs (id, lab_id, name) VALUES (1, 'a', 'lab');
+         INSERT INTO prompt_flows (id, prompt_lab_id, name, definition) VALUES (2, 1, 'flow', '{}');",
+    )
+    .await;
+    p.assert_converged().await;
+    let writer = p.writer.as_ref().unwrap();
+    assert!(
+        writer
+            .output()
+            .contains("PostgreSQL checks foreign keys row by row"),
+        "{}",
+        writer.output()
+    );
+    // And they are checked: a flow whose lab does not exist stops the writer.
+    p.legacy_sql(
+        "ALTER TABLE prompt_flows DROP CONSTRAINT prompt_flows_prompt_lab_id_fkey;
+         INSERT INTO prompt_flows (id, prompt_lab_id, name, definition) VALUES (3, 99, 'orphan', '{}');",
+    )
+    .await;
+    let writer = p.writer.as_mut().unwrap();
+    let status = writer
+        .wait_exit(Duration::from_secs(90))
+        .await
+        .expect("the writer stops at the orphan");
+    let out = writer.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("violates foreign key constraint \"prompt_flows_prompt_lab_id_fkey\""),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_not_allowed_to_skip_foreign_keys_is_told_the_grant() {
+    let p = Pipeline::new().await;
+    let env = writer_no_superuser(&p).await;
     let spawn = || Service::spawn("rekey-writer", &["--config", &p.config_arg()], &env);
     let mut writer = spawn();
     let status = writer

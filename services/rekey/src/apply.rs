@@ -38,6 +38,7 @@ use tokio_postgres::{Client, Statement};
 use crate::config::quote_ident;
 use crate::error::Error;
 use crate::event::{self, value::Kind, Op};
+use crate::fk_check::Written;
 use crate::target::{Catalog, Order, TargetTable};
 use crate::telemetry;
 
@@ -145,6 +146,9 @@ impl Built<'_> {
 pub struct Applier {
     catalog: Catalog,
     statements: HashMap<String, Statement>,
+    /// What the open transaction wrote, for the writer's own foreign-key check
+    /// ([`crate::fk_check`]); `None` when it does not check them.
+    written: Option<Written>,
 }
 
 impl Applier {
@@ -152,7 +156,23 @@ impl Applier {
         Self {
             catalog,
             statements: HashMap::new(),
+            written: None,
         }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Records the keys written from now on into `written` (`None`: stops recording).
+    pub fn record(&mut self, written: Option<Written>) {
+        self.written = written;
+    }
+
+    /// What was recorded since [`Applier::record`]; recording stops until it is called
+    /// again.
+    pub fn take_written(&mut self) -> Option<Written> {
+        self.written.take()
     }
 
     /// Applies the changes of consecutive transactions (or one chunk of a large one) in
@@ -220,6 +240,23 @@ impl Applier {
         };
         let sql = statement_sql(run.table, target, &run.kind, &columns);
         let stmt = self.prepared(client, sql, &run.table.target_table).await?;
+        if let Some(w) = &mut self.written {
+            let table = &run.table.target_table;
+            match run.kind {
+                Kind2::Upsert | Kind2::Partial(_) => {
+                    w.rows(run.table, run.rows.iter().map(|r| r.values))
+                }
+                Kind2::Delete if !soft_delete => {
+                    let key_columns: Vec<&str> = key_indices(run.table)
+                        .into_iter()
+                        .map(|i| run.table.columns[i].name.as_str())
+                        .collect();
+                    w.deleted(table, &key_columns, run.rows.iter().map(|r| &r.key[..]))
+                }
+                Kind2::Truncate if !soft_delete => w.truncated(table),
+                Kind2::Delete | Kind2::Truncate => {}
+            }
+        }
         let mut arrays: Vec<Vec<Option<&str>>> =
             vec![Vec::with_capacity(run.rows.len()); columns.len()];
         for r in &run.rows {

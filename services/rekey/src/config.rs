@@ -143,9 +143,11 @@ pub struct TargetConfig {
     /// (measured on the PromptStudio templates), the values read back the same.
     #[serde(default)]
     pub toast_compression: Option<String>,
-    /// The writer's `session_replication_role` once backfill is done (during backfill
-    /// it is always `replica`). `origin`: foreign keys are checked at each commit and
-    /// the new store's ordinary triggers fire on the rows the writer applies. `replica`:
+    /// What the writer's rows are held to once backfill is done (during backfill the
+    /// writer applies in `session_replication_role = replica`). `origin`: foreign keys
+    /// are checked at each commit (by the writer, a batch at a time, where it can: see
+    /// [`crate::fk_check`]) and the new store's ordinary triggers fire on the rows the
+    /// writer applies. `replica`:
     /// as PostgreSQL's own logical replication apply, neither (only `ENABLE REPLICA` and
     /// `ENABLE ALWAYS` triggers fire); the cutover's validating step and `rekeyctl
     /// verify` still check every foreign key.

@@ -16,6 +16,10 @@ pub enum Error {
     /// fatal, says what to change.
     #[error("{0}")]
     Setup(String),
+    /// A written row breaks a foreign key of the new store (see [`crate::fk_check`]):
+    /// fatal, names the constraint and the row.
+    #[error("{0}")]
+    ForeignKey(String),
     #[error("source database: {context}")]
     Source {
         context: String,
@@ -72,7 +76,8 @@ impl Error {
             | Error::Setup(_)
             | Error::Poison { .. }
             | Error::Decode(_)
-            | Error::Invariant(_) => false,
+            | Error::Invariant(_)
+            | Error::ForeignKey(_) => false,
             Error::Source { source, .. } | Error::Target { source, .. } => pg_retryable(source),
             Error::Replication(e) => {
                 !matches!(

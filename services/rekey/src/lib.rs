@@ -35,6 +35,7 @@ pub mod cutover;
 pub mod deferred_index;
 pub mod error;
 pub mod event;
+pub mod fk_check;
 pub mod health;
 pub mod mapping;
 pub mod pgoutput;

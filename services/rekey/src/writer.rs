@@ -42,6 +42,7 @@ use crate::chunk_apply::ChunkPool;
 use crate::config::Config;
 use crate::error::Error;
 use crate::event;
+use crate::fk_check::ForeignKeys;
 use crate::{publish, slot, target, telemetry};
 
 const RETRY_START: Duration = Duration::from_millis(500);
@@ -89,6 +90,9 @@ struct Session<'a> {
     config: &'a Config,
     client: Client,
     applier: Applier,
+    /// The foreign keys the writer checks itself at each commit, when it does (see
+    /// [`fk_mode`]).
+    fks: Option<ForeignKeys>,
     /// Position as of the last commit plus what the open target transaction applied.
     position: Checkpoint,
     /// Whether a target transaction is open.
@@ -158,23 +162,62 @@ impl Every {
 /// own logical replication apply workers, the writer then applies with
 /// `session_replication_role = replica`, which skips foreign-key triggers; once every
 /// table's backfill is recorded as done, all parents exist and it switches to
-/// `target.replication_role`: `origin` (the default), so foreign keys are enforced
-/// (deferred, at each commit) from then on, or `replica`, which stays as it was.
-/// `rekeyctl verify` and the cutover's validating step check the foreign keys of the
-/// rows written without.
-async fn fk_mode(client: &Client, config: &Config) -> Result<bool, Error> {
+/// `target.replication_role`: `origin` (the default), so foreign keys are enforced at
+/// each commit from then on, or `replica`, which stays as it was. Under `origin` the
+/// writer checks them itself, a batch at a time, where it can ([`crate::fk_check`]:
+/// it stays in replica role and records what it writes), else PostgreSQL does, row by
+/// row. `rekeyctl verify` and the cutover's validating step check the foreign keys of
+/// the rows written without.
+async fn fk_mode(
+    client: &Client,
+    config: &Config,
+    applier: &mut Applier,
+    fks: &mut Option<ForeignKeys>,
+) -> Result<bool, Error> {
     let complete = !config.backfill.enabled || crate::backfill::all_done(client, config).await?;
     let origin = complete && !config.target.applies_as_replica();
+    if let Some(checks) = fks.as_ref().filter(|_| origin) {
+        match client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    "foreign keys are checked by the writer at each commit, a batch at a time"
+                );
+                applier.record(Some(checks.watch()));
+                return Ok(complete);
+            }
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                tracing::info!("the writer's user may not set session_replication_role: PostgreSQL checks foreign keys row by row");
+                *fks = None;
+            }
+            Err(e) => return Err(Error::target_db("setting session_replication_role")(e)),
+        }
+    }
+    applier.record(None);
     set_replication_role(client, config, if origin { "origin" } else { "replica" }).await?;
     Ok(complete)
 }
 
 /// `SET session_replication_role`; `replica` skips foreign-key triggers (see [`fk_mode`]).
+/// Setting it takes a privilege whatever the value, so a session already in `role` (a
+/// new one is in `origin`) is left as it is.
 pub(crate) async fn set_replication_role(
     client: &Client,
     config: &Config,
     role: &str,
 ) -> Result<(), Error> {
+    let now: String = client
+        .query_one("SELECT current_setting('session_replication_role')", &[])
+        .await
+        .map_err(Error::target_db("reading session_replication_role"))?
+        .get(0);
+    if now == role {
+        return Ok(());
+    }
     client.batch_execute(&format!("SET session_replication_role = {role}")).await.map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
             let (after, otherwise) = if config.target.applies_as_replica() {
@@ -240,7 +283,9 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
     crate::deferred_index::reconcile(&client, config).await?;
     let topic = &config.kafka.topic;
     let saved = checkpoint::load(&client, topic, publish::PARTITION).await?;
-    let backfill_complete = fk_mode(&client, config).await?;
+    let mut fks = crate::fk_check::load(&client, config).await?;
+    let mut applier = Applier::new(catalog.clone());
+    let backfill_complete = fk_mode(&client, config, &mut applier, &mut fks).await?;
     if !backfill_complete {
         tracing::info!("backfill in progress: foreign keys are checked once it completes");
     } else if config.target.applies_as_replica() {
@@ -277,7 +322,8 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
     let mut s = Session {
         config,
         client,
-        applier: Applier::new(catalog),
+        applier,
+        fks,
         position,
         open: false,
         changes_in_batch: 0,
@@ -365,6 +411,15 @@ impl Session<'_> {
         if let Some(pool) = &mut self.chunks {
             pool.reap().await?;
         }
+        if let Some(written) = self.applier.take_written() {
+            let fks = self.fks.as_mut().ok_or_else(|| {
+                Error::Invariant("writes recorded without foreign keys to check".into())
+            })?;
+            let next = fks
+                .check(&self.client, self.applier.catalog(), written)
+                .await?;
+            self.applier.record(Some(next));
+        }
         let saved = self.resumable();
         let topic = &self.config.kafka.topic;
         checkpoint::save(&self.client, topic, publish::PARTITION, &saved).await?;
@@ -378,7 +433,7 @@ impl Session<'_> {
         self.open = false;
         if std::mem::take(&mut self.backfill_table_done)
             && self.chunks.is_some()
-            && fk_mode(&self.client, self.config).await?
+            && fk_mode(&self.client, self.config, &mut self.applier, &mut self.fks).await?
         {
             if self.config.target.applies_as_replica() {
                 tracing::info!("backfill complete: foreign keys are checked at cutover (target.replication_role = replica)");
