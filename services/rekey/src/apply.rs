@@ -160,10 +160,6 @@ impl Applier {
         }
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
-    }
-
     /// Records the keys written from now on into `written` (`None`: stops recording).
     pub fn record(&mut self, written: Option<Written>) {
         self.written = written;

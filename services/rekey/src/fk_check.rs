@@ -36,8 +36,8 @@
 //! from or to a migrated table that references something other than its parent's
 //! primary key, or has an action (`CASCADE`, `SET NULL`, `SET DEFAULT`: replica role
 //! would skip it), or spans several columns with `MATCH FULL` or `MATCH PARTIAL`; a
-//! user trigger on a migrated table (replica
-//! role would skip it); or a writer's user that may not set `session_replication_role`.
+//! user trigger on a migrated table (replica role would skip it); or a writer's user
+//! that may not set `session_replication_role`.
 //! The reason is logged at start.
 //!
 //! What it does not do that PostgreSQL's check does: lock the parent rows until the
@@ -74,6 +74,24 @@ struct ForeignKey {
     parent_types: Vec<String>,
 }
 
+/// The SQL of one foreign key's checks, built once at start.
+#[derive(Debug)]
+struct Checks {
+    name: String,
+    child: String,
+    parent: String,
+    columns: Vec<String>,
+    parent_columns: Vec<String>,
+    /// Of the values `$1…` (text, in the foreign key's column order), those with no
+    /// parent row.
+    missing: String,
+    /// Child rows holding one of the values `$1…` that reference no parent row: the
+    /// child's key as text, then the foreign-key values.
+    referencing: String,
+    /// Every child row that references no parent row, likewise.
+    whole: String,
+}
+
 impl ForeignKey {
     /// `c.<fk columns> reference no parent row`, for a row `c` of the child.
     fn dangling(&self) -> String {
@@ -83,21 +101,42 @@ impl ForeignKey {
             .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
             .collect::<Vec<_>>()
             .join(" AND ");
+        let matches = self
+            .columns
+            .iter()
+            .zip(&self.parent_columns)
+            .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         format!(
-            "({all_set} AND NOT EXISTS ({}))",
-            self.parent_row("c", &self.columns)
+            "({all_set} AND NOT EXISTS (SELECT 1 FROM {} p WHERE {matches}))",
+            self.parent_sql
         )
     }
 
-    /// `SELECT 1 FROM <parent> p WHERE p.<key> = <of>.<columns>`.
-    fn parent_row(&self, of: &str, columns: &[String]) -> String {
-        let matches = columns
-            .iter()
-            .zip(&self.parent_columns)
-            .map(|(c, p)| format!("p.{} = {of}.{}", quote_ident(p), quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        format!("SELECT 1 FROM {} p WHERE {matches}", self.parent_sql)
+    /// The checks' SQL; `shown_key` is the child's key as text (see [`child_key`]).
+    fn checks(self, shown_key: &str) -> Checks {
+        let rows = |filter: String| {
+            format!(
+                "SELECT {shown_key}, {} FROM {} c WHERE {filter} LIMIT 3",
+                self.shown(),
+                self.child_sql
+            )
+        };
+        Checks {
+            missing: self.missing_values(),
+            referencing: rows(format!(
+                "{} AND {}",
+                keyed(&self.columns, &self.parent_types, "c"),
+                self.dangling()
+            )),
+            whole: rows(self.dangling()),
+            name: self.name,
+            child: self.child,
+            parent: self.parent,
+            columns: self.columns,
+            parent_columns: self.parent_columns,
+        }
     }
 
     /// The values (text parameters `$1…`) with no parent row, up to 100.
@@ -290,13 +329,17 @@ impl Written {
 
 /// The foreign keys of the migrated tables, checked by the writer (see the module doc).
 pub struct ForeignKeys {
-    fks: Vec<ForeignKey>,
+    fks: Vec<Checks>,
     statements: HashMap<String, Statement>,
 }
 
 /// Reads the foreign keys from or to the migrated tables. `Ok(None)` (with the reason
 /// logged) when PostgreSQL must check them instead.
-pub async fn load(client: &Client, config: &Config) -> Result<Option<ForeignKeys>, Error> {
+pub async fn load(
+    client: &Client,
+    config: &Config,
+    catalog: &Catalog,
+) -> Result<Option<ForeignKeys>, Error> {
     let tables: Vec<String> = config
         .tables
         .iter()
@@ -343,16 +386,21 @@ pub async fn load(client: &Client, config: &Config) -> Result<Option<ForeignKeys
             tracing::info!(constraint = %name, table = %format!("{child_schema}.{child_name}"), "a foreign key references more than its parent's primary key, or has an action or MATCH PARTIAL: PostgreSQL checks foreign keys row by row");
             return Ok(None);
         }
-        fks.push(ForeignKey {
-            name,
-            child: format!("{child_schema}.{child_name}"),
-            child_sql: quote_qualified(&child_schema, &child_name),
-            columns,
-            parent: format!("{parent_schema}.{parent_name}"),
-            parent_sql: quote_qualified(&parent_schema, &parent_name),
-            parent_columns: r.get("parent_columns"),
-            parent_types: r.get("parent_types"),
-        });
+        let child = format!("{child_schema}.{child_name}");
+        let shown_key = child_key(catalog, &child);
+        fks.push(
+            ForeignKey {
+                name,
+                child,
+                child_sql: quote_qualified(&child_schema, &child_name),
+                columns,
+                parent: format!("{parent_schema}.{parent_name}"),
+                parent_sql: quote_qualified(&parent_schema, &parent_name),
+                parent_columns: r.get("parent_columns"),
+                parent_types: r.get("parent_types"),
+            }
+            .checks(&shown_key),
+        );
     }
     Ok(Some(ForeignKeys {
         fks,
@@ -400,47 +448,36 @@ impl ForeignKeys {
     }
 
     /// Checks what the open transaction wrote; returns an empty record for the next.
-    pub async fn check(
-        &mut self,
-        client: &Client,
-        catalog: &Catalog,
-        written: Written,
-    ) -> Result<Written, Error> {
+    pub async fn check(&mut self, client: &Client, written: Written) -> Result<Written, Error> {
         let next = written.fresh();
         if written.is_empty() {
             return Ok(next);
         }
-        for i in 0..self.fks.len() {
-            let fk = self.fks[i].clone();
-            let shown_key = child_key(catalog, &fk.child);
+        let Self { fks, statements } = self;
+        for (i, fk) in fks.iter().enumerate() {
             if let Some(values) = written.values.get(&i) {
                 if values.overflow {
-                    self.violations(client, &fk, &whole(&fk, &shown_key), &[], true)
-                        .await?;
+                    violations(client, statements, fk, &fk.whole, &[], true).await?;
                 } else if !values.set.is_empty() {
                     let columns: Vec<Vec<String>> = (0..fk.columns.len())
                         .map(|c| values.set.iter().map(|t| t[c].clone()).collect())
                         .collect();
                     let params: Vec<&Vec<String>> = columns.iter().collect();
-                    let missing = self
-                        .query(client, &fk, &fk.missing_values(), &params)
-                        .await?;
+                    let missing = query(client, statements, fk, &fk.missing, &params).await?;
                     if !missing.is_empty() {
                         // Confirmed against the rows as they are now.
                         let columns: Vec<Vec<String>> = (0..fk.columns.len())
                             .map(|c| missing.iter().map(|r| r.get::<_, String>(c)).collect())
                             .collect();
                         let params: Vec<&Vec<String>> = columns.iter().collect();
-                        self.violations(client, &fk, &referencing(&fk, &shown_key), &params, true)
-                            .await?;
+                        violations(client, statements, fk, &fk.referencing, &params, true).await?;
                     }
                 }
             }
             let parent_gone = written.truncated.contains(&fk.parent);
             if let Some(keys) = written.deleted.get(&fk.parent).filter(|_| !parent_gone) {
                 if keys.overflow {
-                    self.violations(client, &fk, &whole(&fk, &shown_key), &[], false)
-                        .await?;
+                    violations(client, statements, fk, &fk.whole, &[], false).await?;
                 } else {
                     // The deleted keys, in the order of the columns the foreign key
                     // references.
@@ -454,81 +491,79 @@ impl ForeignKeys {
                         })?;
                         params.push(&keys.values[i]);
                     }
-                    self.violations(client, &fk, &referencing(&fk, &shown_key), &params, false)
-                        .await?;
+                    violations(client, statements, fk, &fk.referencing, &params, false).await?;
                 }
             }
             if parent_gone {
-                self.violations(client, &fk, &whole(&fk, &shown_key), &[], false)
-                    .await?;
+                violations(client, statements, fk, &fk.whole, &[], false).await?;
             }
         }
         Ok(next)
     }
+}
 
-    async fn query(
-        &mut self,
-        client: &Client,
-        fk: &ForeignKey,
-        sql: &str,
-        params: &[&Vec<String>],
-    ) -> Result<Vec<tokio_postgres::Row>, Error> {
-        let stmt = match self.statements.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = client.prepare(sql).await.map_err(Error::target_db(format!(
-                    "preparing the check of foreign key {}",
-                    fk.name
-                )))?;
-                self.statements.insert(sql.to_string(), s.clone());
-                s
-            }
-        };
-        let params: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|v| *v as &(dyn ToSql + Sync)).collect();
-        client
-            .query(&stmt, &params)
-            .await
-            .map_err(Error::target_db(format!(
-                "checking foreign key {}",
+async fn query(
+    client: &Client,
+    statements: &mut HashMap<String, Statement>,
+    fk: &Checks,
+    sql: &str,
+    params: &[&Vec<String>],
+) -> Result<Vec<tokio_postgres::Row>, Error> {
+    let stmt = match statements.get(sql) {
+        Some(s) => s.clone(),
+        None => {
+            let s = client.prepare(sql).await.map_err(Error::target_db(format!(
+                "preparing the check of foreign key {}",
                 fk.name
-            )))
-    }
-
-    /// Runs a query for dangling rows (the child's key, then its foreign-key values); the
-    /// first one found is the error.
-    async fn violations(
-        &mut self,
-        client: &Client,
-        fk: &ForeignKey,
-        sql: &str,
-        params: &[&Vec<String>],
-        child_side: bool,
-    ) -> Result<(), Error> {
-        let rows = self.query(client, fk, sql, params).await?;
-        let Some(row) = rows.first() else {
-            return Ok(());
-        };
-        let values: Vec<String> = (1..row.len())
-            .map(|i| {
-                row.get::<_, Option<String>>(i)
-                    .unwrap_or_else(|| "NULL".into())
-            })
-            .collect();
-        let row_key: Option<String> = row.get(0);
-        let what = match row_key {
-            Some(k) => format!("{} row {k}", fk.child),
-            None => format!("a row of {}", fk.child),
-        };
-        Err(Error::ForeignKey(format!(
-            "{what} violates foreign key {}: ({}) = ({}) is not present in {}{}; the legacy database lacks this constraint or the row's parent — fix the row there, or drop or relax the constraint in the new schema (target.replication_role = replica leaves it to the cutover's check)",
-            fk.name,
-            fk.columns.join(", "),
-            values.join(", "),
-            fk.parent,
-            if child_side { "" } else { " (deleted)" },
+            )))?;
+            statements.insert(sql.to_string(), s.clone());
+            s
+        }
+    };
+    let params: Vec<&(dyn ToSql + Sync)> =
+        params.iter().map(|v| *v as &(dyn ToSql + Sync)).collect();
+    client
+        .query(&stmt, &params)
+        .await
+        .map_err(Error::target_db(format!(
+            "checking foreign key {}",
+            fk.name
         )))
-    }
+}
+
+/// Runs a query for dangling rows (the child's key, then its foreign-key values); the
+/// first one found is the error.
+async fn violations(
+    client: &Client,
+    statements: &mut HashMap<String, Statement>,
+    fk: &Checks,
+    sql: &str,
+    params: &[&Vec<String>],
+    child_side: bool,
+) -> Result<(), Error> {
+    let rows = query(client, statements, fk, sql, params).await?;
+    let Some(row) = rows.first() else {
+        return Ok(());
+    };
+    let values: Vec<String> = (1..row.len())
+        .map(|i| {
+            row.get::<_, Option<String>>(i)
+                .unwrap_or_else(|| "NULL".into())
+        })
+        .collect();
+    let row_key: Option<String> = row.get(0);
+    let what = match row_key {
+        Some(k) => format!("{} row {k}", fk.child),
+        None => format!("a row of {}", fk.child),
+    };
+    Err(Error::ForeignKey(format!(
+        "{what} violates foreign key {}: ({}) = ({}) is not present in {}{}; the legacy database lacks this constraint or the row's parent — fix the row there, or drop or relax the constraint in the new schema (target.replication_role = replica leaves it to the cutover's check)",
+        fk.name,
+        fk.columns.join(", "),
+        values.join(", "),
+        fk.parent,
+        if child_side { "" } else { " (deleted)" },
+    )))
 }
 
 /// The child's primary key as one text (`a/b` for composite keys), or NULL for a table
@@ -543,28 +578,6 @@ fn child_key(catalog: &Catalog, child: &str) -> String {
             .join(" || '/' || "),
         None => "NULL::text".to_string(),
     }
-}
-
-/// Child rows that hold one of the given values (`$1…`, text, in the foreign key's column
-/// order) and reference no parent row.
-fn referencing(fk: &ForeignKey, shown_key: &str) -> String {
-    format!(
-        "SELECT {shown_key}, {} FROM {} c WHERE {} AND {} LIMIT 3",
-        fk.shown(),
-        fk.child_sql,
-        keyed(&fk.columns, &fk.parent_types, "c"),
-        fk.dangling()
-    )
-}
-
-/// The whole-table check of one foreign key (after a truncate, or too many values).
-fn whole(fk: &ForeignKey, shown_key: &str) -> String {
-    format!(
-        "SELECT {shown_key}, {} FROM {} c WHERE {} LIMIT 3",
-        fk.shown(),
-        fk.child_sql,
-        fk.dangling()
-    )
 }
 
 #[cfg(test)]
@@ -648,7 +661,7 @@ mod tests {
     #[test]
     fn the_distinct_set_references_of_watched_tables_are_recorded() {
         let keys = ForeignKeys {
-            fks: vec![fk(&["flow_id"], &["id"])],
+            fks: vec![fk(&["flow_id"], &["id"]).checks("c.id::text")],
             statements: HashMap::new(),
         };
         let mut w = keys.watch();

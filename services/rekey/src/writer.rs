@@ -283,7 +283,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
     crate::deferred_index::reconcile(&client, config).await?;
     let topic = &config.kafka.topic;
     let saved = checkpoint::load(&client, topic, publish::PARTITION).await?;
-    let mut fks = crate::fk_check::load(&client, config).await?;
+    let mut fks = crate::fk_check::load(&client, config, &catalog).await?;
     let mut applier = Applier::new(catalog.clone());
     let backfill_complete = fk_mode(&client, config, &mut applier, &mut fks).await?;
     if !backfill_complete {
@@ -415,9 +415,7 @@ impl Session<'_> {
             let fks = self.fks.as_mut().ok_or_else(|| {
                 Error::Invariant("writes recorded without foreign keys to check".into())
             })?;
-            let next = fks
-                .check(&self.client, self.applier.catalog(), written)
-                .await?;
+            let next = fks.check(&self.client, written).await?;
             self.applier.record(Some(next));
         }
         let saved = self.resumable();
