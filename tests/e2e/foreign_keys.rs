@@ -158,3 +158,49 @@ async fn a_parent_deleted_for_good_while_rows_still_reference_it_stops_the_write
         "the delete was not applied"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_parent_is_checked_against_every_row_that_referenced_it() {
+    let mut p = Pipeline::new().await;
+    p.target_client()
+        .await
+        .batch_execute("ALTER TABLE prompt_flows DROP COLUMN deleted_at")
+        .await
+        .unwrap();
+    p.start().await;
+    p.legacy_sql(PARENTS).await;
+    p.assert_converged().await;
+
+    // A truncate of a table with `deleted_at` soft-deletes every row: they stay, and so
+    // do their references.
+    p.legacy_sql("TRUNCATE flow_executions").await;
+    p.wait_caught_up(Duration::from_secs(90)).await;
+    assert_eq!(
+        p.target_value(
+            "SELECT count(*) FILTER (WHERE deleted_at IS NULL)::text || '/' || count(*)::text FROM flow_executions"
+        )
+        .await
+        .as_deref(),
+        Some("0/1")
+    );
+
+    // Flows (and, by the legacy cascade, their steps) truncated for good: the
+    // soft-deleted execution still references its flow.
+    p.legacy_sql("TRUNCATE prompt_flows CASCADE").await;
+    let line = writer_error(&mut p, 1).await;
+    let flow = p.uuid("prompt_flows", 20);
+    let execution = p.uuid("flow_executions", 30);
+    for part in [
+        &format!("public.flow_executions row {execution} violates foreign key flow_executions_prompt_flow_id_fkey"),
+        &format!("(prompt_flow_id) = ({flow}) is not present in public.prompt_flows (deleted)"),
+    ] {
+        assert!(line.contains(part), "{part:?} not in: {line}");
+    }
+    assert_eq!(
+        p.target_value("SELECT count(*)::text FROM prompt_flows")
+            .await
+            .as_deref(),
+        Some("2"),
+        "the truncate was not applied"
+    );
+}
