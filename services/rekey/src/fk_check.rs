@@ -46,6 +46,7 @@
 //! validating step and by `rekeyctl verify`, which check every foreign key.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
@@ -55,12 +56,13 @@ use crate::error::Error;
 use crate::event::{self, value::Kind};
 use crate::target::Catalog;
 
-/// Past this many keys of one table in one target transaction, its foreign keys are
-/// checked over the whole table at the commit instead of key by key.
+/// Past this many values of one foreign key (or deleted keys of one parent table) in
+/// one target transaction, the foreign key is checked over the whole child table at the
+/// commit instead of value by value.
 pub const MAX_KEYS_PER_TABLE: usize = 200_000;
 
-/// A foreign key the writer checks itself.
-#[derive(Debug, Clone)]
+/// A foreign key the writer checks itself, as read from the catalog.
+#[derive(Debug)]
 struct ForeignKey {
     name: String,
     /// The referencing table: its catalog name (`schema.name`) and SQL name.
@@ -237,13 +239,20 @@ struct Values {
     overflow: bool,
 }
 
-/// What the open target transaction wrote that the checked foreign keys care about.
+/// The tables the checked foreign keys need recorded: built once, shared by every
+/// transaction's [`Written`].
 #[derive(Debug, Default)]
-pub struct Written {
+struct Watched {
     /// The foreign keys of each child table: (index in [`ForeignKeys`], its columns).
     children: HashMap<String, Vec<(usize, Vec<String>)>>,
     /// Tables referenced by a checked foreign key: their rows deleted for good count.
     parents: HashSet<String>,
+}
+
+/// What the open target transaction wrote that the checked foreign keys care about.
+#[derive(Debug, Default)]
+pub struct Written {
+    watched: Arc<Watched>,
     values: HashMap<usize, Values>,
     deleted: HashMap<String, Keys>,
     truncated: HashSet<String>,
@@ -258,7 +267,7 @@ impl Written {
         table: &event::Table,
         rows: impl Iterator<Item = &'r [event::Value]> + Clone,
     ) {
-        let Some(fks) = self.children.get(&table.target_table) else {
+        let Some(fks) = self.watched.children.get(&table.target_table) else {
             return;
         };
         for (fk, columns) in fks {
@@ -300,7 +309,7 @@ impl Written {
         columns: &[&str],
         keys: impl IntoIterator<Item = &'k [&'s str]>,
     ) {
-        if self.parents.contains(table) {
+        if self.watched.parents.contains(table) {
             let k = self.deleted.entry(table.to_string()).or_default();
             keys.into_iter().for_each(|key| k.add(columns, key));
         }
@@ -308,7 +317,7 @@ impl Written {
 
     /// Every row of `table` deleted for good.
     pub fn truncated(&mut self, table: &str) {
-        if self.parents.contains(table) {
+        if self.watched.parents.contains(table) {
             self.truncated.insert(table.to_string());
         }
     }
@@ -320,8 +329,7 @@ impl Written {
     /// The same tables watched, nothing written yet.
     fn fresh(&self) -> Self {
         Self {
-            children: self.children.clone(),
-            parents: self.parents.clone(),
+            watched: self.watched.clone(),
             ..Self::default()
         }
     }
@@ -441,8 +449,10 @@ impl ForeignKeys {
                 .push((i, f.columns.clone()));
         }
         Written {
-            children,
-            parents: self.fks.iter().map(|f| f.parent.clone()).collect(),
+            watched: Arc::new(Watched {
+                children,
+                parents: self.fks.iter().map(|f| f.parent.clone()).collect(),
+            }),
             ..Written::default()
         }
     }
@@ -699,6 +709,6 @@ mod tests {
         other.truncated("public.flows");
         assert!(other.truncated.contains("public.flows"));
         let next = other.fresh();
-        assert!(next.is_empty() && next.parents.contains("public.flows"));
+        assert!(next.is_empty() && next.watched.parents.contains("public.flows"));
     }
 }
