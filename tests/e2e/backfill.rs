@@ -472,3 +472,86 @@ async fn deferring_indexes_gives_way_to_a_session_holding_a_table_lock() {
         .unwrap();
     assert_eq!(deferred_names(&t).await.len(), 11);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_the_stream_wrote_before_their_chunk_and_awkward_text_arrive_intact() {
+    // Small chunks held open 300 ms: prompt_executions, late in the config's order, is
+    // reached long after the stream has written some of its rows.
+    let mut p = Pipeline::with_config(&config(50, 300)).await;
+    let legacy = p.legacy_client().await;
+    rekey_workload::seed(&legacy, 0.01, 21).await.expect("seed");
+    // Pre-existing values COPY's text format must escape, beside NULL and empty ones.
+    legacy
+        .batch_execute(
+            r#"UPDATE prompt_executions SET response = CASE id % 4
+                 WHEN 0 THEN E'tab\there\nnew line\r\nend\t'
+                 WHEN 1 THEN E'back\\slash \\. \\N \\t and a lone \\'
+                 WHEN 2 THEN '' END
+                WHERE id % 3 = 0;
+               UPDATE prompt_libraries SET tags = ARRAY[E'a\tb', 'quo"te', E'back\\slash', 'NULL', '', E'line\nbreak']
+                WHERE id % 2 = 0;"#,
+        )
+        .await
+        .expect("awkward values");
+    let last: i64 = legacy
+        .query_one("SELECT max(id) FROM prompt_executions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    p.start().await;
+    // The stream writes the last executions (whole rows) before backfill reaches them.
+    legacy
+        .batch_execute(&format!(
+            "UPDATE prompt_executions SET output_tokens = 100000 + id, response = E'streamed\\t' || id
+              WHERE id > {last} - 20"
+        ))
+        .await
+        .expect("updating the last executions");
+    let target = p.target_client().await;
+    wait_until(
+        "the stream to write the last executions",
+        Duration::from_secs(60),
+        || async {
+            target
+                .query_one(
+                    "SELECT count(*) FROM prompt_executions WHERE output_tokens > 100000",
+                    &[],
+                )
+                .await
+                .is_ok_and(|r| r.get::<_, i64>(0) == 20)
+        },
+    )
+    .await;
+    let reached: Option<i64> = target
+        .query_opt(
+            "SELECT last_key[1]::bigint FROM rekey.backfill WHERE target_table = 'public.prompt_executions'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    assert!(
+        reached.is_none_or(|k| k < last - 20),
+        "backfill had already copied prompt_executions up to {reached:?} (rows from {})",
+        last - 19
+    );
+    wait_until(
+        "every table backfilled",
+        Duration::from_secs(240),
+        || async {
+            let s = backfill_state(&p).await;
+            s.len() == 9 && s.iter().all(|t| t.4)
+        },
+    )
+    .await;
+    p.assert_converged().await;
+    let streamed: i64 = target
+        .query_one(
+            "SELECT count(*) FROM prompt_executions WHERE response = E'streamed\\t' || legacy_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(streamed, 20, "the streamed rows keep their newer values");
+}

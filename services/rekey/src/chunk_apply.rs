@@ -24,6 +24,8 @@
 //!   applies everything after it again, which is idempotent (see [`crate::apply`]);
 //!   a chunk that did commit is recorded by commit LSN in `rekey.backfill_applied` in
 //!   its own transaction and is not applied (or counted in the progress) twice.
+//! - **Rows new to the new store are loaded with `COPY`**, the others upserted, in the
+//!   chunk's transaction (see [`crate::chunk_copy`]).
 //! - **Foreign keys** are not checked during backfill (the connections use
 //!   `session_replication_role = replica`, like the writer's own; see the writer's
 //!   `fk_mode`). At a table's last chunk the writer waits for every chunk in flight
@@ -38,6 +40,7 @@ use tokio_postgres::Client;
 
 use crate::apply::Applier;
 use crate::checkpoint::Checkpoint;
+use crate::chunk_copy::{ChunkCopy, Claims};
 use crate::config::Config;
 use crate::error::Error;
 use crate::event;
@@ -48,6 +51,7 @@ use crate::telemetry;
 struct Side {
     client: Client,
     applier: Applier,
+    copy: ChunkCopy,
 }
 
 /// A chunk being applied.
@@ -60,6 +64,7 @@ struct InFlight {
 
 pub struct ChunkPool {
     catalog: Catalog,
+    claims: Claims,
     max: usize,
     opened: usize,
     idle: Vec<Side>,
@@ -74,6 +79,7 @@ impl ChunkPool {
     pub fn new(catalog: Catalog, max: usize) -> Self {
         Self {
             catalog,
+            claims: Claims::default(),
             max: max.max(1),
             opened: 0,
             idle: Vec::new(),
@@ -106,7 +112,7 @@ impl ChunkPool {
         let side = match self.idle.pop() {
             Some(side) => side,
             None if self.opened < self.max => {
-                let side = open(config, &self.catalog).await?;
+                let side = open(config, &self.catalog, &self.claims, self.opened).await?;
                 self.opened += 1;
                 side
             }
@@ -221,12 +227,18 @@ impl Drop for ChunkPool {
     }
 }
 
-async fn open(config: &Config, catalog: &Catalog) -> Result<Side, Error> {
+async fn open(
+    config: &Config,
+    catalog: &Catalog,
+    claims: &Claims,
+    owner: usize,
+) -> Result<Side, Error> {
     let client = crate::writer::connect_target(config).await?;
     crate::writer::set_replication_role(&client, config, "replica").await?;
     Ok(Side {
         client,
         applier: Applier::new(catalog.clone()),
+        copy: ChunkCopy::new(catalog.clone(), claims.clone(), owner),
     })
 }
 
@@ -236,6 +248,7 @@ async fn apply(
     parts: mpsc::UnboundedReceiver<event::Transaction>,
 ) -> (Side, Result<u64, Error>) {
     let result = apply_in_transaction(&mut side, parts).await;
+    side.copy.release();
     (side, result)
 }
 
@@ -260,7 +273,7 @@ async fn apply_in_transaction(
             }
         };
         if claimed {
-            applied += side.applier.apply_all(client, &[&part], &[]).await?;
+            applied += side.copy.apply(client, &mut side.applier, &part).await?;
         }
         if part.last {
             if !claimed {

@@ -21,6 +21,7 @@
 //! - [`apply`]: idempotent, order-guarded batched writes into the target.
 //! - [`checkpoint`]: the writer's position, kept in the target in the applying transaction.
 //! - [`chunk_apply`]: backfill chunks applied on extra target connections, beside the stream.
+//! - [`chunk_copy`]: a chunk's rows new to the target loaded with `COPY`, the rest upserted.
 //! - [`deferred_index`]: secondary indexes built after a table's backfill, not during it.
 //! - [`writer`]: the consuming loop.
 //! - [`telemetry`]: logging set-up and all metric names.
@@ -30,6 +31,7 @@ pub mod apply;
 pub mod backfill;
 pub mod checkpoint;
 pub mod chunk_apply;
+pub mod chunk_copy;
 pub mod config;
 pub mod cutover;
 pub mod deferred_index;

@@ -24,6 +24,10 @@ pub struct TargetTable {
     pub soft_delete: bool,
     /// How freely the writer may gather this table's changes (see [`Order`]).
     pub order: Order,
+    /// The table maps a legacy `id` and has a unique index on `legacy_id` alone: the
+    /// rows a backfill chunk's key range already has are found with one range scan
+    /// (see [`crate::chunk_copy`]).
+    pub legacy_id_unique: bool,
 }
 
 /// What may be applied out of source order within one target transaction, where
@@ -110,6 +114,7 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
                 "reading the constraints of {}",
                 t.target_name()
             )))?;
+        let legacy_id_unique: bool = row.get(2);
         let order = match (row.get::<_, bool>(0), row.get::<_, bool>(1)) {
             (false, _) => Order::Strict,
             (true, false) => Order::Table,
@@ -123,6 +128,7 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
                 key,
                 soft_delete,
                 order,
+                legacy_id_unique,
             },
         );
     }
@@ -139,8 +145,8 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
 }
 
 /// See [`Order`]: (no immediate foreign key from or to the table and no user trigger,
-/// no unique constraint beyond the key). `$3`: the table maps a legacy `id`, so its
-/// `legacy_id` is one per key.
+/// no unique constraint beyond the key), then [`TargetTable::legacy_id_unique`]. `$3`:
+/// the table maps a legacy `id`, so its `legacy_id` is one per key.
 const ORDER_SQL: &str = "
 WITH t AS (
     SELECT c.oid,
@@ -161,5 +167,9 @@ SELECT NOT EXISTS (
             WHERE i.indrelid = t.oid AND (i.indisunique OR i.indisexclusion) AND NOT i.indisprimary
               AND NOT (i.indisunique AND i.indexprs IS NULL AND i.indpred IS NULL
                        AND ((i.indkey::int2[])[0:i.indnkeyatts - 1] @> t.pk
-                            OR ($3 AND i.indnkeyatts = 1 AND i.indkey[0] = t.legacy_id))))
+                            OR ($3 AND i.indnkeyatts = 1 AND i.indkey[0] = t.legacy_id)))),
+       $3 AND EXISTS (
+           SELECT 1 FROM pg_index i
+            WHERE i.indrelid = t.oid AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1
+              AND i.indkey[0] = t.legacy_id AND i.indexprs IS NULL AND i.indpred IS NULL)
   FROM t";
