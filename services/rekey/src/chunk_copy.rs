@@ -298,20 +298,44 @@ fn encode(
 /// Appends `s` as one field of `COPY`'s text format: backslash, tab, newline and
 /// carriage return escaped; everything else as it is (the connection is UTF-8).
 fn push_escaped(out: &mut Vec<u8>, s: &str) {
-    let special = |b: &u8| matches!(b, b'\\' | b'\t' | b'\n' | b'\r');
-    if !s.as_bytes().iter().any(special) {
-        out.extend_from_slice(s.as_bytes());
+    let s = s.as_bytes();
+    if !may_need_escape(s) {
+        out.extend_from_slice(s);
         return;
     }
-    for &b in s.as_bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
+    let mut plain = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&s[plain..i]);
+        out.extend_from_slice(escaped);
+        plain = i + 1;
+    }
+    out.extend_from_slice(&s[plain..]);
+}
+
+/// Whether `s` has a backslash or a control character, eight bytes at a time (most
+/// values have neither, and are copied as they are).
+fn may_need_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        // A byte below 0x20, or a zero byte of `backslash` (one equal to '\\').
+        let below = x.wrapping_sub(ONES * 0x20) & !x;
+        let equal = backslash.wrapping_sub(ONES) & !backslash;
+        if (below | equal) & HIGH != 0 {
+            return true;
         }
     }
+    words.remainder().iter().any(|&b| b < 0x20 || b == b'\\')
 }
 
 async fn copy_in(client: &Client, sql: &str, data: Vec<u8>, table: &str) -> Result<u64, Error> {
@@ -371,6 +395,37 @@ mod tests {
         let mut plain = Vec::new();
         push_escaped(&mut plain, "plain, with 'quotes' and \"more\"");
         assert_eq!(plain, b"plain, with 'quotes' and \"more\"");
+    }
+
+    #[test]
+    fn every_byte_is_escaped_as_copy_reads_it_whatever_its_place() {
+        fn naive(s: &str) -> Vec<u8> {
+            let mut out = Vec::new();
+            for &b in s.as_bytes() {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    _ => out.push(b),
+                }
+            }
+            out
+        }
+        for b in 0u8..0x80 {
+            for len in [1, 7, 8, 9, 16, 23] {
+                for at in 0..len {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    let s = String::from_utf8(v).unwrap();
+                    let mut out = Vec::new();
+                    push_escaped(&mut out, &s);
+                    assert_eq!(out, naive(&s), "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        let s = "ünïcödé 日本語 🚀 and more than eight bytes, no specials";
+        assert!(!may_need_escape(s.as_bytes()));
     }
 
     #[test]

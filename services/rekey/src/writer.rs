@@ -587,11 +587,11 @@ impl Session<'_> {
     /// A part of a backfill chunk, while backfill runs: applied by the chunk pool. At a
     /// table's last chunk, every chunk in flight is waited for, so the end of backfill is
     /// recorded (and orphans purged) only once every row is in.
-    /// `shared`: the batch's tables.
+    /// `shared`: the batch's tables. The part is moved to the pool, not copied.
     async fn backfill_part(
         &mut self,
         consumer: &StreamConsumer,
-        txn: &event::Transaction,
+        txn: event::Transaction,
         shared: &[event::Table],
         offset: i64,
         poison: &impl Fn(String) -> Error,
@@ -621,7 +621,7 @@ impl Session<'_> {
             };
             // Kept until the last part is sent: stopped in the middle, the writer must
             // read the chunk again from its first part.
-            let table = chunk_table(txn, shared);
+            let table = chunk_table(&txn, shared);
             let pool = self
                 .chunks
                 .as_mut()
@@ -637,8 +637,14 @@ impl Session<'_> {
             .chunks
             .as_mut()
             .ok_or_else(|| Error::Invariant("backfill chunk without a chunk pool".into()))?;
+        let last = txn.last;
+        let done = txn
+            .backfill
+            .as_ref()
+            .filter(|p| p.done)
+            .map(|p| p.target_table.clone());
         // Self-contained on its connection: with its tables, if it shared the batch's.
-        let mut part = txn.clone();
+        let mut part = txn;
         if part.tables.is_empty() {
             part.tables = shared.to_vec();
         }
@@ -646,18 +652,18 @@ impl Session<'_> {
         if let Some(head) = &mut self.chunk_head {
             head.next_seq += 1;
         }
-        if !txn.last {
+        if !last {
             return Ok(());
         }
         self.chunk_head = None;
-        if let Some(progress) = txn.backfill.as_ref().filter(|p| p.done) {
+        if let Some(table) = done {
             pool.drain().await?;
             // The table is in: its deferred indexes are built in the writer's next
             // transaction (after a crash before it commits, at the writer's start).
             self.begin().await?;
-            crate::deferred_index::restore(&self.client, &progress.target_table).await?;
+            crate::deferred_index::restore(&self.client, &table).await?;
             self.end_of_backfill().await?;
-            tracing::debug!(table = %progress.target_table, "table backfilled");
+            tracing::debug!(table = %table, "table backfilled");
         }
         self.applied(pos);
         Ok(())
@@ -675,7 +681,7 @@ impl Session<'_> {
             offset,
             reason,
         };
-        let batch = event::Batch::decode(msg.payload().unwrap_or_default())
+        let mut batch = event::Batch::decode(msg.payload().unwrap_or_default())
             .map_err(|e| poison(format!("not a rekey batch: {e}")))?;
         if !(event::MIN_SCHEMA_VERSION..=event::SCHEMA_VERSION).contains(&batch.schema_version) {
             return Err(poison(format!(
@@ -689,7 +695,7 @@ impl Session<'_> {
         // Whole small transactions in a row are applied together, their statements
         // pipelined; anything else (chunks of a large one, backfill chunks) on its own.
         let mut group: Vec<&event::Transaction> = Vec::new();
-        for txn in &batch.transactions {
+        for txn in batch.transactions.iter_mut() {
             let pos = txn
                 .position
                 .ok_or_else(|| poison("transaction without a source position".into()))?;
@@ -701,7 +707,7 @@ impl Session<'_> {
             }
             if self.large.is_none() && self.chunks.is_some() && is_backfill(txn) {
                 self.apply_group(&mut group, shared, &poison).await?;
-                self.backfill_part(consumer, txn, shared, offset, &poison)
+                self.backfill_part(consumer, std::mem::take(txn), shared, offset, &poison)
                     .await?;
                 continue;
             }
