@@ -248,3 +248,66 @@ async fn duplicates_partial_copies_and_stale_replays_apply_once() {
         "row_version is the commit LSN of the last change"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_run_of_new_rows_is_copied_and_rows_the_target_has_are_upserted() {
+    // Runs of at least 100 inserts are loaded with COPY, except the rows the target
+    // already has (here: replayed keys, and one soft-deleted since), which must take the
+    // upsert: COPY would fail on their key.
+    let mut p = Pipeline::new().await;
+    p.start_writer();
+    let topic = p.config().kafka.topic.clone();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", p.broker.bootstrap())
+        .create()
+        .expect("producer");
+    let s = Source;
+    use Op::*;
+    let awkward = |k: i64| match k % 4 {
+        0 => format!("tab\there {k}"),
+        1 => format!("line\nbreak\r\n{k}"),
+        2 => format!("back\\slash \\. \\N {k}"),
+        _ => format!("plain {k}"),
+    };
+    let first: Vec<event::Change> = (1..=150)
+        .map(|k| s.change(Insert, k, &awkward(k)))
+        .collect();
+    send(&producer, &topic, vec![s.txn(100, 0, true, first)]).await;
+    wait_until(
+        "transaction 100 applied",
+        Duration::from_secs(30),
+        || async { consistent_lsn(&p).await == 100 },
+    )
+    .await;
+    let expected = |keys: std::ops::RangeInclusive<i64>, name: &dyn Fn(i64) -> String| {
+        keys.map(|k| format!("{k}:{}:false", name(k)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(labs(&p).await, expected(1..=150, &awkward));
+    send(
+        &producer,
+        &topic,
+        vec![s.txn(200, 0, true, vec![s.change(Delete, 5, "")])],
+    )
+    .await;
+    // Keys 1..=150 again (5 soft-deleted now), and 50 new ones, in one run.
+    let again = |k: i64| format!("again\t{k}");
+    let second: Vec<event::Change> = (1..=200).map(|k| s.change(Insert, k, &again(k))).collect();
+    send(&producer, &topic, vec![s.txn(300, 0, true, second)]).await;
+    wait_until(
+        "transaction 300 applied",
+        Duration::from_secs(30),
+        || async { consistent_lsn(&p).await == 300 },
+    )
+    .await;
+    assert_eq!(labs(&p).await, expected(1..=200, &again));
+    let versions = p
+        .target_value("SELECT string_agg(DISTINCT row_version::text, ',') FROM prompt_labs")
+        .await;
+    assert_eq!(versions.as_deref(), Some("300"));
+    assert!(
+        p.writer.as_mut().unwrap().is_running(),
+        "the writer is still running"
+    );
+}

@@ -62,6 +62,8 @@ struct Row<'a> {
     version: i64,
     /// The source commit time (Unix µs), for soft deletes.
     time: i64,
+    /// A new row (an insert or a backfill copy), not an update.
+    insert: bool,
 }
 
 struct Run<'a> {
@@ -110,9 +112,43 @@ struct Built<'a> {
     arrays: Vec<Vec<Option<&'a str>>>,
     versions: Vec<i64>,
     times: Vec<i64>,
+    /// Set on a run of new rows large enough to load with `COPY` (see
+    /// [`Applier::copy_or_upsert`]).
+    copy: Option<CopyRun<'a>>,
 }
 
-impl Built<'_> {
+/// The rows of an upsert run of new rows, for `COPY`.
+struct CopyRun<'a> {
+    table: &'a event::Table,
+    sql_name: String,
+    /// The index of `legacy_id` among the run's columns.
+    legacy_id: usize,
+    rows: Vec<&'a [event::Value]>,
+}
+
+/// The fewest new rows in a run that are loaded with `COPY` rather than upserted: below
+/// it, the extra round trip of the `legacy_id` probe costs more than `COPY` saves.
+const COPY_MIN_ROWS: usize = 100;
+
+impl<'a> Built<'a> {
+    /// The same statement for the rows at `rows` only.
+    fn subset(&self, rows: &[usize]) -> Built<'a> {
+        Built {
+            stmt: self.stmt.clone(),
+            table: self.table,
+            kind: self.kind.clone(),
+            soft_delete: self.soft_delete,
+            arrays: self
+                .arrays
+                .iter()
+                .map(|a| rows.iter().map(|&i| a[i]).collect())
+                .collect(),
+            versions: rows.iter().map(|&i| self.versions[i]).collect(),
+            times: rows.iter().map(|&i| self.times[i]).collect(),
+            copy: None,
+        }
+    }
+
     async fn execute(&self, client: &Client) -> Result<u64, Error> {
         let mut params: Vec<&(dyn ToSql + Sync)> = self
             .arrays
@@ -235,6 +271,18 @@ impl Applier {
             Kind2::Truncate => Vec::new(),
         };
         let sql = statement_sql(run.table, target, &run.kind, &columns);
+        let copy = (run.kind == Kind2::Upsert
+            && target.legacy_id_unique
+            && run.rows.len() >= COPY_MIN_ROWS
+            && run.rows.iter().all(|r| r.insert))
+        .then(|| run.table.columns.iter().position(|c| c.name == "legacy_id"))
+        .flatten()
+        .map(|legacy_id| CopyRun {
+            table: run.table,
+            sql_name: target.sql_name.clone(),
+            legacy_id,
+            rows: run.rows.iter().map(|r| r.values).collect(),
+        });
         let stmt = self.prepared(client, sql, &run.table.target_table).await?;
         if let Some(w) = &mut self.written {
             let table = &run.table.target_table;
@@ -268,36 +316,112 @@ impl Applier {
             arrays,
             versions: run.rows.iter().map(|r| r.version).collect(),
             times: run.rows.iter().map(|r| r.time).collect(),
+            copy,
         })
     }
 
-    /// Sends the runs' statements back to back and waits for all the replies.
+    /// Sends the runs' statements back to back and waits for all the replies; a run
+    /// to load with `COPY` waits for the statements before it.
     async fn pipeline(&mut self, client: &Client, runs: Vec<Run<'_>>) -> Result<(), Error> {
         let mut built = Vec::with_capacity(runs.len());
         for run in runs {
             built.push(self.build(client, run).await?);
         }
         metrics::counter!(telemetry::WRITER_STATEMENTS).increment(built.len() as u64);
-        if let [one] = &built[..] {
-            return one.execute(client).await.map(|_| ());
+        let mut rest = &built[..];
+        while let Some(at) = rest.iter().position(|b| b.copy.is_some()) {
+            send_all(client, &rest[..at]).await?;
+            self.copy_or_upsert(client, &rest[at]).await?;
+            rest = &rest[at + 1..];
         }
-        // Poll each statement once, in order, so that it is sent in order; then wait
-        // for every reply. After a failure the target rejects the rest of the
-        // transaction, so the first error in order is the one that explains it.
-        let mut futures = Vec::with_capacity(built.len());
-        for b in &built {
-            let mut f = Box::pin(b.execute(client));
-            let first = futures::poll!(f.as_mut());
-            futures.push((f, first));
+        send_all(client, rest).await
+    }
+
+    /// An upsert run of new rows: the rows the target has already (a replay after a
+    /// restart, a key deleted and inserted again) are found by their `legacy_id`
+    /// (one probe of its unique index, where new keys are the largest) and upserted;
+    /// the others, nearly always all of them, are loaded with `COPY` (see
+    /// [`crate::copy_text`]). The writer is the target's only writer and has applied
+    /// everything before this run, so nothing it has not seen can appear in between.
+    async fn copy_or_upsert(&mut self, client: &Client, b: &Built<'_>) -> Result<(), Error> {
+        let c = b.copy.as_ref().expect("a run to copy");
+        let keys: Option<Vec<i64>> = c
+            .rows
+            .iter()
+            .map(|r| match r.get(c.legacy_id).and_then(|v| v.kind.as_ref()) {
+                Some(Kind::Text(s)) => s.parse().ok(),
+                _ => None,
+            })
+            .collect();
+        let Some(keys) = keys else {
+            return b.execute(client).await.map(|_| ());
+        };
+        let probe = self
+            .prepared(
+                client,
+                format!(
+                    "SELECT legacy_id::int8 FROM {} WHERE legacy_id = ANY($1::int8[])",
+                    c.sql_name
+                ),
+                &c.table.target_table,
+            )
+            .await?;
+        let present: std::collections::HashSet<i64> = client
+            .query(&probe, &[&keys])
+            .await
+            .map_err(Error::target_db(format!(
+                "finding which of {} new rows {} has already",
+                keys.len(),
+                c.table.target_table
+            )))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let (old, new): (Vec<usize>, Vec<usize>) =
+            (0..keys.len()).partition(|&i| present.contains(&keys[i]));
+        if !old.is_empty() {
+            b.subset(&old).execute(client).await?;
         }
-        for (f, first) in futures {
-            match first {
-                std::task::Poll::Ready(r) => r?,
-                std::task::Poll::Pending => f.await?,
-            };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<&[event::Value]> = new.iter().map(|&i| c.rows[i]).collect();
+        let versions: Vec<i64> = new.iter().map(|&i| b.versions[i]).collect();
+        let data = crate::copy_text::encode(c.table, b.soft_delete, &versions, &rows)?;
+        let sql = crate::copy_text::copy_sql(c.table, &c.sql_name, b.soft_delete);
+        let copied = crate::copy_text::copy_in(client, &sql, data, &c.table.target_table).await?;
+        if copied != rows.len() as u64 {
+            return Err(Error::Invariant(format!(
+                "COPY into {} loaded {copied} rows of {}",
+                c.table.target_table,
+                rows.len()
+            )));
         }
         Ok(())
     }
+}
+
+/// Sends `built`'s statements back to back and waits for all the replies.
+async fn send_all(client: &Client, built: &[Built<'_>]) -> Result<(), Error> {
+    if let [one] = built {
+        return one.execute(client).await.map(|_| ());
+    }
+    // Poll each statement once, in order, so that it is sent in order; then wait
+    // for every reply. After a failure the target rejects the rest of the
+    // transaction, so the first error in order is the one that explains it.
+    let mut futures = Vec::with_capacity(built.len());
+    for b in built {
+        let mut f = Box::pin(b.execute(client));
+        let first = futures::poll!(f.as_mut());
+        futures.push((f, first));
+    }
+    for (f, first) in futures {
+        match first {
+            std::task::Poll::Ready(r) => r?,
+            std::task::Poll::Pending => f.await?,
+        };
+    }
+    Ok(())
 }
 
 /// The runs of consecutive transactions.
@@ -341,13 +465,14 @@ fn plan<'a>(
                 })?;
             let op = Op::try_from(change.op).unwrap_or(Op::Unspecified);
             *applied.entry((&table.target_table, op)).or_default() += 1;
-            let mut steps: Vec<(Kind2, &[event::Value])> = Vec::with_capacity(2);
+            // (what, the values, whether a new row)
+            let mut steps: Vec<(Kind2, &[event::Value], bool)> = Vec::with_capacity(2);
             match op {
-                Op::Insert | Op::Backfill => steps.push((Kind2::Upsert, &change.row)),
+                Op::Insert | Op::Backfill => steps.push((Kind2::Upsert, &change.row, true)),
 
                 Op::Update => {
                     if !change.old_key.is_empty() {
-                        steps.push((Kind2::Delete, &change.old_key));
+                        steps.push((Kind2::Delete, &change.old_key, false));
                     }
                     let carried: Vec<usize> = change
                         .row
@@ -357,13 +482,13 @@ fn plan<'a>(
                         .map(|(i, _)| i)
                         .collect();
                     if carried.len() < change.row.len() {
-                        steps.push((Kind2::Partial(carried), &change.row));
+                        steps.push((Kind2::Partial(carried), &change.row, false));
                     } else {
-                        steps.push((Kind2::Upsert, &change.row));
+                        steps.push((Kind2::Upsert, &change.row, false));
                     }
                 }
-                Op::Delete => steps.push((Kind2::Delete, &change.row)),
-                Op::Truncate => steps.push((Kind2::Truncate, &change.row)),
+                Op::Delete => steps.push((Kind2::Delete, &change.row, false)),
+                Op::Truncate => steps.push((Kind2::Truncate, &change.row, false)),
                 Op::Unspecified => {
                     return Err(Error::Invariant(format!(
                         "change with unknown op {}",
@@ -373,12 +498,13 @@ fn plan<'a>(
             }
             let name = table.target_table.as_str();
             let order = order(name);
-            for (kind, values) in steps {
+            for (kind, values, insert) in steps {
                 let row = Row {
                     key: key_of(table, values)?,
                     values,
                     version,
                     time,
+                    insert,
                 };
                 let strict = order == Order::Strict || kind == Kind2::Truncate;
                 let slot = (name, row.key.clone());

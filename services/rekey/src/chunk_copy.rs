@@ -32,12 +32,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use futures::SinkExt;
 use tokio_postgres::{Client, Statement};
 
 use crate::apply::Applier;
 use crate::config::quote_ident;
+use crate::copy_text;
 use crate::error::Error;
 use crate::event::{self, value::Kind, Op};
 use crate::target::Catalog;
@@ -165,9 +164,10 @@ impl ChunkCopy {
             applied += applier.apply_all(client, &[&existing], &[]).await?;
         }
         if !copies.is_empty() {
-            let data = encode(c.table, c.soft_delete, version, &copies)?;
-            let sql = copy_sql(c.table, c.sql_name, c.soft_delete);
-            let copied = copy_in(client, &sql, data, &c.table.target_table).await?;
+            let versions = vec![version; copies.len()];
+            let data = copy_text::encode(c.table, c.soft_delete, &versions, &copies)?;
+            let sql = copy_text::copy_sql(c.table, c.sql_name, c.soft_delete);
+            let copied = copy_text::copy_in(client, &sql, data, &c.table.target_table).await?;
             if copied != copies.len() as u64 {
                 return Err(Error::Invariant(format!(
                     "COPY into {} loaded {copied} rows of {}",
@@ -236,121 +236,6 @@ fn copyable<'a>(catalog: &'a Catalog, part: &'a event::Transaction) -> Option<Co
     })
 }
 
-/// `COPY` of the event table's columns, then `row_version` (and `deleted_at`, NULL, for
-/// soft-deleting tables: a copied row is live).
-fn copy_sql(table: &event::Table, sql_name: &str, soft_delete: bool) -> String {
-    let mut columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    columns.push("row_version".into());
-    if soft_delete {
-        columns.push("deleted_at".into());
-    }
-    format!("COPY {sql_name} ({}) FROM STDIN", columns.join(", "))
-}
-
-/// The rows in `COPY`'s text format, in the order of [`copy_sql`]'s columns.
-fn encode(
-    table: &event::Table,
-    soft_delete: bool,
-    version: i64,
-    rows: &[&[event::Value]],
-) -> Result<Vec<u8>, Error> {
-    let version = version.to_string();
-    let width: usize = rows.first().map_or(0, |r| {
-        r.iter()
-            .map(|v| match &v.kind {
-                Some(Kind::Text(s)) => s.len() + 1,
-                _ => 3,
-            })
-            .sum()
-    });
-    let mut out = Vec::with_capacity((width + version.len() + 4) * rows.len());
-    for row in rows {
-        if row.len() != table.columns.len() {
-            return Err(Error::Invariant(format!(
-                "{}: a backfill row of {} values for {} columns",
-                table.target_table,
-                row.len(),
-                table.columns.len()
-            )));
-        }
-        for (i, v) in row.iter().enumerate() {
-            match &v.kind {
-                Some(Kind::Text(s)) => push_escaped(&mut out, s),
-                Some(Kind::Null(_)) => out.extend_from_slice(b"\\N"),
-                _ => {
-                    return Err(Error::Invariant(format!(
-                        "{}.{}: a backfill row without a text value",
-                        table.target_table, table.columns[i].name
-                    )))
-                }
-            }
-            out.push(b'\t');
-        }
-        out.extend_from_slice(version.as_bytes());
-        if soft_delete {
-            out.extend_from_slice(b"\t\\N");
-        }
-        out.push(b'\n');
-    }
-    Ok(out)
-}
-
-/// Appends `s` as one field of `COPY`'s text format: backslash, tab, newline and
-/// carriage return escaped; everything else as it is (the connection is UTF-8).
-fn push_escaped(out: &mut Vec<u8>, s: &str) {
-    let s = s.as_bytes();
-    if !may_need_escape(s) {
-        out.extend_from_slice(s);
-        return;
-    }
-    let mut plain = 0;
-    for (i, &b) in s.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'\\' => b"\\\\",
-            b'\t' => b"\\t",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            _ => continue,
-        };
-        out.extend_from_slice(&s[plain..i]);
-        out.extend_from_slice(escaped);
-        plain = i + 1;
-    }
-    out.extend_from_slice(&s[plain..]);
-}
-
-/// Whether `s` has a backslash or a control character, eight bytes at a time (most
-/// values have neither, and are copied as they are).
-fn may_need_escape(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut words = s.chunks_exact(8);
-    for w in &mut words {
-        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        let backslash = x ^ (ONES * u64::from(b'\\'));
-        // A byte below 0x20, or a zero byte of `backslash` (one equal to '\\').
-        let below = x.wrapping_sub(ONES * 0x20) & !x;
-        let equal = backslash.wrapping_sub(ONES) & !backslash;
-        if (below | equal) & HIGH != 0 {
-            return true;
-        }
-    }
-    words.remainder().iter().any(|&b| b < 0x20 || b == b'\\')
-}
-
-async fn copy_in(client: &Client, sql: &str, data: Vec<u8>, table: &str) -> Result<u64, Error> {
-    let context = || format!("copying backfill rows into {table}");
-    let sink = client
-        .copy_in::<_, Bytes>(sql)
-        .await
-        .map_err(Error::target_db(context()))?;
-    futures::pin_mut!(sink);
-    sink.send(Bytes::from(data))
-        .await
-        .map_err(Error::target_db(context()))?;
-    sink.finish().await.map_err(Error::target_db(context()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,86 +266,6 @@ mod tests {
             source_table: "public.t".into(),
             target_table: "public.t".into(),
             columns: vec![column("id"), column("legacy_id"), column("note")],
-        }
-    }
-
-    #[test]
-    fn special_bytes_are_escaped_and_the_rest_is_kept() {
-        let mut out = Vec::new();
-        push_escaped(&mut out, "a\tb\nc\rd\\e \\. é\u{1F600}");
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "a\\tb\\nc\\rd\\\\e \\\\. é\u{1F600}"
-        );
-        let mut plain = Vec::new();
-        push_escaped(&mut plain, "plain, with 'quotes' and \"more\"");
-        assert_eq!(plain, b"plain, with 'quotes' and \"more\"");
-    }
-
-    #[test]
-    fn every_byte_is_escaped_as_copy_reads_it_whatever_its_place() {
-        fn naive(s: &str) -> Vec<u8> {
-            let mut out = Vec::new();
-            for &b in s.as_bytes() {
-                match b {
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    _ => out.push(b),
-                }
-            }
-            out
-        }
-        for b in 0u8..0x80 {
-            for len in [1, 7, 8, 9, 16, 23] {
-                for at in 0..len {
-                    let mut v = vec![b'a'; len];
-                    v[at] = b;
-                    let s = String::from_utf8(v).unwrap();
-                    let mut out = Vec::new();
-                    push_escaped(&mut out, &s);
-                    assert_eq!(out, naive(&s), "byte {b:#x} at {at} of {len}");
-                }
-            }
-        }
-        let s = "ünïcödé 日本語 🚀 and more than eight bytes, no specials";
-        assert!(!may_need_escape(s.as_bytes()));
-    }
-
-    #[test]
-    fn rows_are_encoded_with_version_and_live_deleted_at() {
-        let t = table();
-        let a = [text("u1"), text("1"), text("line\nbreak")];
-        let b = [text("u2"), text("2"), null()];
-        let rows: Vec<&[event::Value]> = vec![&a, &b];
-        let out = encode(&t, true, 42, &rows).unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "u1\t1\tline\\nbreak\t42\t\\N\nu2\t2\t\\N\t42\t\\N\n"
-        );
-        let out = encode(&t, false, 7, &rows[1..]).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "u2\t2\t\\N\t7\n");
-        assert_eq!(
-            copy_sql(&t, "\"public\".\"t\"", true),
-            "COPY \"public\".\"t\" (\"id\", \"legacy_id\", \"note\", row_version, deleted_at) FROM STDIN"
-        );
-    }
-
-    #[test]
-    fn a_marker_or_a_short_row_is_refused_not_copied() {
-        let t = table();
-        let unchanged = [
-            text("u1"),
-            text("1"),
-            event::Value {
-                kind: Some(Kind::Unchanged(true)),
-            },
-        ];
-        let short = [text("u1"), text("1")];
-        for row in [&unchanged[..], &short[..]] {
-            let err = encode(&t, false, 1, &[row]).unwrap_err().to_string();
-            assert!(err.contains("public.t"), "{err}");
         }
     }
 

@@ -22,6 +22,7 @@
 //! - [`checkpoint`]: the writer's position, kept in the target in the applying transaction.
 //! - [`chunk_apply`]: backfill chunks applied on extra target connections, beside the stream.
 //! - [`chunk_copy`]: a chunk's rows new to the target loaded with `COPY`, the rest upserted.
+//! - [`copy_text`]: `COPY`'s text format, and the `COPY FROM STDIN` call.
 //! - [`deferred_index`]: secondary indexes built after a table's backfill, not during it.
 //! - [`writer`]: the consuming loop.
 //! - [`telemetry`]: logging set-up and all metric names.
@@ -33,6 +34,7 @@ pub mod checkpoint;
 pub mod chunk_apply;
 pub mod chunk_copy;
 pub mod config;
+pub mod copy_text;
 pub mod cutover;
 pub mod deferred_index;
 pub mod error;
