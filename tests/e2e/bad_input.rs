@@ -240,3 +240,42 @@ async fn a_writer_not_allowed_to_skip_foreign_keys_is_told_the_grant() {
         writer.output()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_too_long_for_the_new_schema_stops_the_writer_instead_of_being_cut() {
+    // The new schema narrows a column; a value that no longer fits must not arrive
+    // shortened (an explicit cast to varchar(n) would cut it silently).
+    let mut p = Pipeline::new().await;
+    p.target_client()
+        .await
+        .batch_execute("ALTER TABLE prompt_labs ALTER COLUMN name TYPE varchar(8)")
+        .await
+        .expect("narrowing the new schema");
+    p.start().await;
+    p.legacy_sql("INSERT INTO prompt_labs (id, lab_id, name) VALUES (1, 'a', 'fits')")
+        .await;
+    p.wait_caught_up(Duration::from_secs(60)).await;
+    p.legacy_sql(
+        "INSERT INTO prompt_labs (id, lab_id, name) VALUES (2, 'b', 'much too long for eight')",
+    )
+    .await;
+    let writer = p.writer.as_mut().unwrap();
+    let status = writer
+        .wait_exit(Duration::from_secs(90))
+        .await
+        .expect("the writer stops at the long value");
+    let out = writer.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("value too long for type character varying(8)"),
+        "{out}"
+    );
+    let names = p
+        .target_value("SELECT string_agg(name, ',' ORDER BY legacy_id) FROM prompt_labs")
+        .await;
+    assert_eq!(
+        names.as_deref(),
+        Some("fits"),
+        "nothing cut, nothing after it"
+    );
+}

@@ -17,6 +17,13 @@
 //! reply, so the target executes them back to back, in order, and a small transaction
 //! costs no round trip.
 //!
+//! A run of at least [`COPY_MIN_ROWS`] new rows (inserts) of a table with a unique
+//! `legacy_id` is loaded with `COPY` instead ([`crate::copy_text`]), after the
+//! statements before it have finished: one probe of `legacy_id` finds the rows the
+//! target has already (a replay, a key inserted again after a delete), which take the
+//! upsert; the target spends about a third less per row on the others. Smaller runs
+//! (live streaming) stay pipelined upserts: the probe's round trip would cost more.
+//!
 //! Every write carries its source commit LSN as `row_version` and only takes effect where
 //! the target row's `row_version` is not newer (`x.row_version <= new`), so:
 //! - replaying any event any number of times leaves the same result;

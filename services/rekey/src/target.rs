@@ -16,7 +16,11 @@ use crate::error::Error;
 pub struct TargetTable {
     /// Quoted, schema-qualified name for SQL.
     pub sql_name: String,
-    /// Column name → SQL type (as `format_type` prints it).
+    /// Column name → SQL type without its modifier (`character varying`, not
+    /// `character varying(8)`): the writer casts values to it, and the column's length
+    /// or precision is then enforced as the value is assigned to the column. That
+    /// refuses a value too long for the new schema, where an explicit cast to
+    /// `varchar(8)` would silently cut it; numeric scales round either way.
     pub columns: HashMap<String, String>,
     /// Primary-key columns, in key order.
     pub key: Vec<String>,
@@ -62,7 +66,7 @@ pub async fn load(client: &Client, config: &Config) -> Result<Catalog, Error> {
         let (schema, name) = t.target_parts();
         let rows = client
             .query(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+                "SELECT a.attname, format_type(a.atttypid, NULL)
                    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                    JOIN pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
