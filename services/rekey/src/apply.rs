@@ -224,11 +224,33 @@ impl Applier {
         txns: &[&event::Transaction],
         shared: &[event::Table],
     ) -> Result<u64, Error> {
+        self.apply(client, txns, shared, true).await
+    }
+
+    /// As [`Self::apply_all`], but every run of new rows is upserted, none loaded with
+    /// `COPY`: for rows another open transaction may be writing too, which the
+    /// `legacy_id` probe cannot see (see [`crate::chunk_copy`]).
+    pub async fn upsert_all(
+        &mut self,
+        client: &Client,
+        txns: &[&event::Transaction],
+        shared: &[event::Table],
+    ) -> Result<u64, Error> {
+        self.apply(client, txns, shared, false).await
+    }
+
+    async fn apply(
+        &mut self,
+        client: &Client,
+        txns: &[&event::Transaction],
+        shared: &[event::Table],
+        may_copy: bool,
+    ) -> Result<u64, Error> {
         let catalog = &self.catalog;
         let runs = plan(txns, shared, &|t: &str| {
             catalog.get(t).map_or(Order::Strict, |t| t.order)
         })?;
-        self.pipeline(client, runs).await?;
+        self.pipeline(client, runs, may_copy).await?;
         Ok(txns.iter().map(|t| t.changes.len() as u64).sum())
     }
 
@@ -267,7 +289,12 @@ impl Applier {
         Ok(s)
     }
 
-    async fn build<'a>(&mut self, client: &Client, mut run: Run<'a>) -> Result<Built<'a>, Error> {
+    async fn build<'a>(
+        &mut self,
+        client: &Client,
+        mut run: Run<'a>,
+        may_copy: bool,
+    ) -> Result<Built<'a>, Error> {
         let target = self.target(run.table)?;
         let soft_delete = target.soft_delete;
         run.dedupe();
@@ -278,7 +305,8 @@ impl Applier {
             Kind2::Truncate => Vec::new(),
         };
         let sql = statement_sql(run.table, target, &run.kind, &columns);
-        let copy = (run.kind == Kind2::Upsert
+        let copy = (may_copy
+            && run.kind == Kind2::Upsert
             && target.legacy_id_unique
             && run.rows.len() >= COPY_MIN_ROWS
             && run.rows.iter().all(|r| r.insert))
@@ -329,10 +357,15 @@ impl Applier {
 
     /// Sends the runs' statements back to back and waits for all the replies; a run
     /// to load with `COPY` waits for the statements before it.
-    async fn pipeline(&mut self, client: &Client, runs: Vec<Run<'_>>) -> Result<(), Error> {
+    async fn pipeline(
+        &mut self,
+        client: &Client,
+        runs: Vec<Run<'_>>,
+        may_copy: bool,
+    ) -> Result<(), Error> {
         let mut built = Vec::with_capacity(runs.len());
         for run in runs {
-            built.push(self.build(client, run).await?);
+            built.push(self.build(client, run, may_copy).await?);
         }
         metrics::counter!(telemetry::WRITER_STATEMENTS).increment(built.len() as u64);
         let mut rest = &built[..];

@@ -27,7 +27,9 @@
 //! in flight [`Claims`] the key ranges they write: a part copies only where no other
 //! chunk in flight claims an overlapping range, and takes the upsert (which waits for
 //! the other transaction and then applies its order guard) where one does. Both write
-//! in key order, so they cannot deadlock.
+//! in key order, so they cannot deadlock. Every upsert here is
+//! [`Applier::upsert_all`]: the writer's own `COPY` of large runs of new rows
+//! ([`crate::apply`]) would meet the same invisible rows.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -124,13 +126,13 @@ impl ChunkCopy {
         part: &event::Transaction,
     ) -> Result<u64, Error> {
         let Some(c) = copyable(&self.catalog, part) else {
-            return applier.apply_all(client, &[part], &[]).await;
+            return applier.upsert_all(client, &[part], &[]).await;
         };
         let (Some(&lo), Some(&hi)) = (c.keys.iter().min(), c.keys.iter().max()) else {
             return Ok(0);
         };
         if !self.claims.claim(self.owner, &c.table.target_table, lo, hi) {
-            return applier.apply_all(client, &[part], &[]).await;
+            return applier.upsert_all(client, &[part], &[]).await;
         }
         let scan = scan(&mut self.scans, client, c.table, c.sql_name).await?;
         let present: HashSet<i64> = client
@@ -161,7 +163,7 @@ impl ChunkCopy {
                 changes: upserts,
                 ..Default::default()
             };
-            applied += applier.apply_all(client, &[&existing], &[]).await?;
+            applied += applier.upsert_all(client, &[&existing], &[]).await?;
         }
         if !copies.is_empty() {
             let versions = vec![version; copies.len()];
