@@ -310,7 +310,12 @@ impl Applier {
             && target.legacy_id_unique
             && run.rows.len() >= COPY_MIN_ROWS
             && run.rows.iter().all(|r| r.insert))
-        .then(|| run.table.columns.iter().position(|c| c.name == "legacy_id"))
+        .then(|| {
+            run.table
+                .columns
+                .iter()
+                .position(|c| c.name == crate::mapping::LEGACY_ID)
+        })
         .flatten()
         .map(|legacy_id| CopyRun {
             table: run.table,
@@ -385,15 +390,7 @@ impl Applier {
     /// everything before this run, so nothing it has not seen can appear in between.
     async fn copy_or_upsert(&mut self, client: &Client, b: &Built<'_>) -> Result<(), Error> {
         let c = b.copy.as_ref().expect("a run to copy");
-        let keys: Option<Vec<i64>> = c
-            .rows
-            .iter()
-            .map(|r| match r.get(c.legacy_id).and_then(|v| v.kind.as_ref()) {
-                Some(Kind::Text(s)) => s.parse().ok(),
-                _ => None,
-            })
-            .collect();
-        let Some(keys) = keys else {
+        let Some(keys) = crate::copy_text::legacy_ids(c.rows.iter().copied(), c.legacy_id) else {
             return b.execute(client).await.map(|_| ());
         };
         let probe = self
@@ -427,17 +424,16 @@ impl Applier {
         }
         let rows: Vec<&[event::Value]> = new.iter().map(|&i| c.rows[i]).collect();
         let versions: Vec<i64> = new.iter().map(|&i| b.versions[i]).collect();
-        let data = crate::copy_text::encode(c.table, b.soft_delete, &versions, &rows)?;
-        let sql = crate::copy_text::copy_sql(c.table, &c.sql_name, b.soft_delete);
-        let copied = crate::copy_text::copy_in(client, &sql, data, &c.table.target_table).await?;
-        if copied != rows.len() as u64 {
-            return Err(Error::Invariant(format!(
-                "COPY into {} loaded {copied} rows of {}",
-                c.table.target_table,
-                rows.len()
-            )));
-        }
-        Ok(())
+        crate::copy_text::load(
+            client,
+            c.table,
+            &c.sql_name,
+            b.soft_delete,
+            &versions,
+            &rows,
+        )
+        .await
+        .map(|_| ())
     }
 }
 

@@ -40,12 +40,10 @@ use crate::apply::Applier;
 use crate::config::quote_ident;
 use crate::copy_text;
 use crate::error::Error;
-use crate::event::{self, value::Kind, Op};
+use crate::event::{self, Op};
+use crate::mapping::LEGACY_ID;
 use crate::target::Catalog;
 use crate::telemetry;
-
-/// The column every id-mapped target table has: the legacy integer key.
-const LEGACY_ID: &str = "legacy_id";
 
 /// Applies backfill chunk parts on one connection; keeps its prepared range scans.
 pub struct ChunkCopy {
@@ -167,16 +165,15 @@ impl ChunkCopy {
         }
         if !copies.is_empty() {
             let versions = vec![version; copies.len()];
-            let data = copy_text::encode(c.table, c.soft_delete, &versions, &copies)?;
-            let sql = copy_text::copy_sql(c.table, c.sql_name, c.soft_delete);
-            let copied = copy_text::copy_in(client, &sql, data, &c.table.target_table).await?;
-            if copied != copies.len() as u64 {
-                return Err(Error::Invariant(format!(
-                    "COPY into {} loaded {copied} rows of {}",
-                    c.table.target_table,
-                    copies.len()
-                )));
-            }
+            let copied = copy_text::load(
+                client,
+                c.table,
+                c.sql_name,
+                c.soft_delete,
+                &versions,
+                &copies,
+            )
+            .await?;
             metrics::counter!(telemetry::WRITER_EVENTS_APPLIED, "table" => c.table.target_table.clone(), "op" => crate::reader::op_label(Op::Backfill)).increment(copied);
             applied += copied;
         }
@@ -220,16 +217,14 @@ fn copyable<'a>(catalog: &'a Catalog, part: &'a event::Transaction) -> Option<Co
         return None;
     }
     let at = table.columns.iter().position(|c| c.name == LEGACY_ID)?;
-    let mut keys = Vec::with_capacity(part.changes.len());
-    for change in &part.changes {
-        if change.op != Op::Backfill as i32 || change.table != 0 {
-            return None;
-        }
-        match change.row.get(at).and_then(|v| v.kind.as_ref()) {
-            Some(Kind::Text(s)) => keys.push(s.parse::<i64>().ok()?),
-            _ => return None,
-        }
+    if part
+        .changes
+        .iter()
+        .any(|c| c.op != Op::Backfill as i32 || c.table != 0)
+    {
+        return None;
     }
+    let keys = copy_text::legacy_ids(part.changes.iter().map(|c| &c.row[..]), at)?;
     Some(Copyable {
         table,
         sql_name: &target.sql_name,
@@ -241,6 +236,7 @@ fn copyable<'a>(catalog: &'a Catalog, part: &'a event::Transaction) -> Option<Co
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::value::Kind;
 
     fn column(name: &str) -> event::Column {
         event::Column {

@@ -19,7 +19,7 @@ use crate::event::{self, value::Kind};
 
 /// `COPY` of the event table's columns, then `row_version` (and `deleted_at`, NULL, for
 /// soft-deleting tables: a copied row is live).
-pub fn copy_sql(table: &event::Table, sql_name: &str, soft_delete: bool) -> String {
+fn copy_sql(table: &event::Table, sql_name: &str, soft_delete: bool) -> String {
     let mut columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     columns.push("row_version".into());
     if soft_delete {
@@ -30,7 +30,7 @@ pub fn copy_sql(table: &event::Table, sql_name: &str, soft_delete: bool) -> Stri
 
 /// The rows in `COPY`'s text format, in the order of [`copy_sql`]'s columns.
 /// `versions[i]` is row `i`'s `row_version`.
-pub fn encode(
+fn encode(
     table: &event::Table,
     soft_delete: bool,
     versions: &[i64],
@@ -130,8 +130,45 @@ fn may_need_escape(s: &[u8]) -> bool {
     words.remainder().iter().any(|&b| b < 0x20 || b == b'\\')
 }
 
+/// Loads `rows` (full images of `table`'s columns, `versions[i]` the `row_version` of
+/// row `i`) into the target table `sql_name` with one `COPY`; fails unless every row
+/// was loaded. Returns the number of rows.
+pub async fn load(
+    client: &Client,
+    table: &event::Table,
+    sql_name: &str,
+    soft_delete: bool,
+    versions: &[i64],
+    rows: &[&[event::Value]],
+) -> Result<u64, Error> {
+    let data = encode(table, soft_delete, versions, rows)?;
+    let sql = copy_sql(table, sql_name, soft_delete);
+    let loaded = copy_in(client, &sql, data, &table.target_table).await?;
+    if loaded != rows.len() as u64 {
+        return Err(Error::Invariant(format!(
+            "COPY into {} loaded {loaded} rows of {}",
+            table.target_table,
+            rows.len()
+        )));
+    }
+    Ok(loaded)
+}
+
+/// The integer legacy keys of `rows`, from their column `at`; `None` if one is not an
+/// integer in text.
+pub fn legacy_ids<'a>(
+    rows: impl Iterator<Item = &'a [event::Value]>,
+    at: usize,
+) -> Option<Vec<i64>> {
+    rows.map(|r| match r.get(at).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::Text(s)) => s.parse().ok(),
+        _ => None,
+    })
+    .collect()
+}
+
 /// Runs `sql` (a `COPY … FROM STDIN`) with `data`; returns the number of rows loaded.
-pub async fn copy_in(client: &Client, sql: &str, data: Vec<u8>, table: &str) -> Result<u64, Error> {
+async fn copy_in(client: &Client, sql: &str, data: Vec<u8>, table: &str) -> Result<u64, Error> {
     let context = || format!("copying rows into {table}");
     let sink = client
         .copy_in::<_, Bytes>(sql)

@@ -18,6 +18,9 @@ use crate::event::{self, value::Kind};
 use crate::pgoutput::{self, Relation, Tuple};
 use crate::rekey::Rekeyer;
 
+/// The target column that keeps a row's legacy integer key.
+pub const LEGACY_ID: &str = "legacy_id";
+
 /// Where a target column's value comes from.
 #[derive(Debug, Clone)]
 enum Source {
@@ -111,7 +114,7 @@ impl TableMap {
                     source: Source::Id,
                 });
                 columns.push(TargetColumn {
-                    name: "legacy_id".into(),
+                    name: LEGACY_ID.into(),
                     type_name: type_of(&c.name),
                     is_key: false,
                     source: Source::LegacyId(i),
