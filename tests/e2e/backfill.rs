@@ -555,3 +555,76 @@ async fn rows_the_stream_wrote_before_their_chunk_and_awkward_text_arrive_intact
         .get(0);
     assert_eq!(streamed, 20, "the streamed rows keep their newer values");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_copied_again_while_its_first_copy_is_in_flight_is_applied_once() {
+    // The first chunks of prompt_executions wait on a lock the test holds while the
+    // reader is killed and restarted: it publishes the same key range again, and the
+    // writer has two copies of it in flight on two connections. Neither may COPY rows
+    // the other is writing (it would fail on the key): the second waits for the first.
+    let mut p = Pipeline::with_config(&config(200, 1500)).await;
+    let legacy = p.legacy_client().await;
+    rekey_workload::seed(&legacy, 0.01, 41).await.expect("seed");
+    p.start().await;
+    let writer = p.writer.as_ref().unwrap();
+    assert!(
+        writer
+            .wait_for_output(
+                "indexes deferred: built once the table's backfill is in table=\"public.prompt_executions\"",
+                Duration::from_secs(60)
+            )
+            .await,
+        "{}",
+        writer.output()
+    );
+    let lock = p.target_client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE prompt_executions IN SHARE MODE")
+        .await
+        .expect("locking prompt_executions against writes");
+    let in_flight = |p: &Pipeline| {
+        let port = p.writer_metrics;
+        async move {
+            rekey_tests::scrape::sum(
+                &rekey_tests::scrape::scrape(port).await,
+                "rekey_writer_backfill_chunks_in_flight",
+            )
+        }
+    };
+    wait_until(
+        "a chunk of prompt_executions waiting on the lock",
+        Duration::from_secs(120),
+        || async {
+            p.reader
+                .as_ref()
+                .unwrap()
+                .output()
+                .contains("starting backfill table=public.prompt_executions")
+                && in_flight(&p).await >= 1.0
+        },
+    )
+    .await;
+    p.reader.as_mut().unwrap().kill9();
+    let before = in_flight(&p).await;
+    p.start_reader();
+    wait_until(
+        "the same range published again and in flight beside its first copy",
+        Duration::from_secs(60),
+        || async { in_flight(&p).await > before },
+    )
+    .await;
+    lock.batch_execute("COMMIT")
+        .await
+        .expect("releasing the lock");
+    wait_until(
+        "every table backfilled",
+        Duration::from_secs(180),
+        || async {
+            let s = backfill_state(&p).await;
+            s.len() == 9 && s.iter().all(|t| t.4)
+        },
+    )
+    .await;
+    p.assert_converged().await;
+    let writer = p.writer.as_mut().unwrap();
+    assert!(writer.is_running(), "{}", writer.output());
+}

@@ -23,13 +23,13 @@
 //! One case needs more: a chunk published again by a restarted reader (it resumes after
 //! the last chunk the new store recorded) can be in flight beside its first copy, on
 //! another connection. Rows the other transaction has not committed are invisible to the
-//! range scan, and `COPY` would then wait for them and fail on the key. So the chunks
-//! in flight [`Claims`] the key ranges they write: a part copies only where no other
-//! chunk in flight claims an overlapping range, and takes the upsert (which waits for
-//! the other transaction and then applies its order guard) where one does. Both write
-//! in key order, so they cannot deadlock. Every upsert here is
-//! [`Applier::upsert_all`]: the writer's own `COPY` of large runs of new rows
-//! ([`crate::apply`]) would meet the same invisible rows.
+//! range scan, and `COPY` would then wait for them and fail on the key; so would the
+//! first copy's `COPY` if the second wrote its rows in between. So the chunks in flight
+//! [`Claims`] the key ranges they write, until their transaction ends: a part whose
+//! range overlaps another chunk's claim waits for that chunk to commit or roll back,
+//! then scans. Only a later chunk waits for an earlier one, never the reverse, so they
+//! cannot deadlock. Every upsert here is [`Applier::upsert_all`]: the writer's own
+//! `COPY` of large runs of new rows ([`crate::apply`]) is for its own connection.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -57,7 +57,14 @@ pub struct ChunkCopy {
 /// The legacy key ranges the chunks in flight write, by target table (see the module
 /// doc); shared by a pool's connections.
 #[derive(Clone, Default)]
-pub struct Claims(Arc<Mutex<HashMap<String, Vec<Claim>>>>);
+pub struct Claims(Arc<ClaimsInner>);
+
+#[derive(Default)]
+struct ClaimsInner {
+    ranges: Mutex<HashMap<String, Vec<Claim>>>,
+    /// Signalled whenever an owner's claims are released.
+    released: tokio::sync::Notify,
+}
 
 /// A chunk connection (its owner) writes `lo..=hi`.
 #[derive(Clone, Copy)]
@@ -68,24 +75,49 @@ struct Claim {
 }
 
 impl Claims {
-    /// Records that `owner` writes `lo..=hi` of `table`; true when no other owner
-    /// claims an overlapping range (so the rows of it no one else can be writing).
-    fn claim(&self, owner: usize, table: &str, lo: i64, hi: i64) -> bool {
-        let mut claims = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// Records that `owner` writes `lo..=hi` of `table`, once no other owner claims an
+    /// overlapping range: waits for those owners' transactions to end.
+    async fn claim(&self, owner: usize, table: &str, lo: i64, hi: i64) {
+        loop {
+            let released = self.0.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.try_claim(owner, table, lo, hi) {
+                return;
+            }
+            tracing::debug!(
+                table,
+                lo,
+                hi,
+                "a backfill chunk waits for another copy of its key range to end"
+            );
+            released.await;
+        }
+    }
+
+    /// Records the claim and returns true, unless another owner claims an overlapping
+    /// range.
+    fn try_claim(&self, owner: usize, table: &str, lo: i64, hi: i64) -> bool {
+        let mut claims = self.0.ranges.lock().unwrap_or_else(|e| e.into_inner());
         let ranges = claims.entry(table.to_string()).or_default();
         let alone = ranges
             .iter()
             .all(|c| c.owner == owner || c.hi < lo || hi < c.lo);
-        ranges.push(Claim { owner, lo, hi });
+        if alone {
+            ranges.push(Claim { owner, lo, hi });
+        }
         alone
     }
 
     /// Drops `owner`'s claims: its transaction has ended.
     fn release(&self, owner: usize) {
-        let mut claims = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for ranges in claims.values_mut() {
-            ranges.retain(|c| c.owner != owner);
+        {
+            let mut claims = self.0.ranges.lock().unwrap_or_else(|e| e.into_inner());
+            for ranges in claims.values_mut() {
+                ranges.retain(|c| c.owner != owner);
+            }
         }
+        self.0.released.notify_waiters();
     }
 }
 
@@ -129,9 +161,9 @@ impl ChunkCopy {
         let (Some(&lo), Some(&hi)) = (c.keys.iter().min(), c.keys.iter().max()) else {
             return Ok(0);
         };
-        if !self.claims.claim(self.owner, &c.table.target_table, lo, hi) {
-            return applier.upsert_all(client, &[part], &[]).await;
-        }
+        self.claims
+            .claim(self.owner, &c.table.target_table, lo, hi)
+            .await;
         let scan = scan(&mut self.scans, client, c.table, c.sql_name).await?;
         let present: HashSet<i64> = client
             .query(&scan, &[&lo, &hi])
@@ -295,26 +327,52 @@ mod tests {
     }
 
     #[test]
-    fn a_range_is_copied_only_while_no_other_chunk_claims_an_overlap() {
+    fn a_range_is_claimed_only_while_no_other_chunk_claims_an_overlap() {
         let claims = Claims::default();
-        assert!(claims.claim(1, "t", 1, 100));
+        assert!(claims.try_claim(1, "t", 1, 100));
         assert!(
-            claims.claim(1, "t", 101, 200),
+            claims.try_claim(1, "t", 101, 200),
             "its own ranges never overlap"
         );
-        assert!(claims.claim(2, "t", 201, 300));
-        assert!(claims.claim(3, "other", 1, 100), "another table");
-        assert!(!claims.claim(4, "t", 50, 60), "inside a range in flight");
-        assert!(!claims.claim(5, "t", 300, 400), "touching one end");
-        claims.release(1);
-        claims.release(4);
+        assert!(claims.try_claim(2, "t", 201, 300));
+        assert!(claims.try_claim(3, "other", 1, 100), "another table");
         assert!(
-            claims.claim(6, "t", 1, 200),
+            !claims.try_claim(4, "t", 50, 60),
+            "inside a range in flight"
+        );
+        assert!(!claims.try_claim(5, "t", 300, 400), "touching one end");
+        claims.release(1);
+        assert!(
+            claims.try_claim(6, "t", 1, 200),
             "released with its transaction"
         );
         assert!(
-            !claims.claim(7, "t", 150, 250),
-            "still claimed: 6, and 2 above"
+            !claims.try_claim(7, "t", 150, 250),
+            "still claimed: 6, and 2"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_overlapping_chunk_waits_until_the_other_transaction_ends() {
+        let claims = Claims::default();
+        claims.claim(1, "t", 1, 100).await;
+        let waiting = {
+            let claims = claims.clone();
+            tokio::spawn(async move { claims.claim(2, "t", 50, 150).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the second copy waits for the first"
+        );
+        claims.release(1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("claimed once the first copy's transaction ended")
+            .unwrap();
+        assert!(
+            !claims.try_claim(3, "t", 120, 130),
+            "now the second holds it"
         );
     }
 
