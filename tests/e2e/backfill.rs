@@ -475,9 +475,10 @@ async fn deferring_indexes_gives_way_to_a_session_holding_a_table_lock() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_the_stream_wrote_before_their_chunk_and_awkward_text_arrive_intact() {
-    // Small chunks held open 300 ms: prompt_executions, late in the config's order, is
+    // Chunks of 100 rows (the fewest the writer loads with COPY) held open 300 ms:
+    // prompt_executions, late in the config's order, is
     // reached long after the stream has written some of its rows.
-    let mut p = Pipeline::with_config(&config(50, 300)).await;
+    let mut p = Pipeline::with_config(&config(100, 300)).await;
     let legacy = p.legacy_client().await;
     rekey_workload::seed(&legacy, 0.01, 21).await.expect("seed");
     // Pre-existing values COPY's text format must escape, beside NULL and empty ones.

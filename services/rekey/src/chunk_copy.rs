@@ -10,45 +10,40 @@
 //! text arrays, 156–162 as one `COPY`. In the backfill benchmark (3 A/B pairs): target
 //! CPU per row 23–25 → 19–21 µs, rows/s +12 %.
 //!
-//! Which rows of a chunk the new store already has: only those the stream wrote before
-//! the chunk. A chunk's key range is copied once, the writer commits what it applied
-//! before it hands a chunk over, and later changes to the table wait for the chunk
-//! ([`crate::chunk_apply`]). So one range scan of the unique `legacy_id` index over the
-//! part's keys (rows come in key order) finds them, on the chunk's own connection and
-//! in its transaction. Those take the upsert with its order guard, as before; the rest
-//! are copied, in the same transaction. A part that is not a plain run of backfill rows,
-//! or a table without a unique index on `legacy_id` alone (a composite key), takes the
-//! upsert for every row.
+//! The load itself is the writer's own for large runs of new rows
+//! ([`Applier::apply_all`]): one probe of the unique `legacy_id` index finds the rows
+//! the new store has already, which take the upsert with its order guard, and the rest
+//! are copied, in the chunk's transaction. Those rows can only be ones the stream wrote
+//! before the chunk: a chunk's key range is copied once, the writer commits what it
+//! applied before it hands a chunk over, and later changes to the table wait for the
+//! chunk ([`crate::chunk_apply`]). A part that is not a plain run of backfill rows with
+//! integer keys is upserted throughout ([`Applier::upsert_all`]).
 //!
 //! One case needs more: a chunk published again by a restarted reader (it resumes after
 //! the last chunk the new store recorded) can be in flight beside its first copy, on
 //! another connection. Rows the other transaction has not committed are invisible to the
-//! range scan, and `COPY` would then wait for them and fail on the key; so would the
-//! first copy's `COPY` if the second wrote its rows in between. So the chunks in flight
+//! probe, and `COPY` would then wait for them and fail on the key; so would the first
+//! copy's `COPY` if the second wrote its rows in between. So the chunks in flight
 //! [`Claims`] the key ranges they write, until their transaction ends: a part whose
 //! range overlaps another chunk's claim waits for that chunk to commit or roll back,
-//! then scans. Only a later chunk waits for an earlier one, never the reverse, so they
-//! cannot deadlock. Every upsert here is [`Applier::upsert_all`]: the writer's own
-//! `COPY` of large runs of new rows ([`crate::apply`]) is for its own connection.
+//! then probes. Only a later chunk waits for an earlier one, never the reverse, so they
+//! cannot deadlock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::Client;
 
 use crate::apply::Applier;
-use crate::config::quote_ident;
 use crate::copy_text;
 use crate::error::Error;
 use crate::event::{self, Op};
 use crate::mapping::LEGACY_ID;
 use crate::target::Catalog;
-use crate::telemetry;
 
 /// Applies backfill chunk parts on one connection; keeps its prepared range scans.
 pub struct ChunkCopy {
     catalog: Catalog,
-    scans: HashMap<String, Statement>,
     claims: Claims,
     /// This connection, as the owner of its claims.
     owner: usize,
@@ -124,8 +119,6 @@ impl Claims {
 /// A part that `COPY` can load: one table, backfill rows only, integer legacy keys.
 struct Copyable<'a> {
     table: &'a event::Table,
-    sql_name: &'a str,
-    soft_delete: bool,
     keys: Vec<i64>,
 }
 
@@ -134,7 +127,6 @@ impl ChunkCopy {
     pub fn new(catalog: Catalog, claims: Claims, owner: usize) -> Self {
         Self {
             catalog,
-            scans: HashMap::new(),
             claims,
             owner,
         }
@@ -146,9 +138,9 @@ impl ChunkCopy {
         self.claims.release(self.owner);
     }
 
-    /// Applies one part of a chunk in the connection's open transaction: the rows the
-    /// new store has through `applier` (upserts), the others with `COPY`. Returns the
-    /// number of rows applied.
+    /// Applies one part of a chunk in the connection's open transaction, once its key
+    /// range is this chunk's alone (see the module doc). Returns the number of rows
+    /// applied.
     pub async fn apply(
         &mut self,
         client: &Client,
@@ -164,79 +156,8 @@ impl ChunkCopy {
         self.claims
             .claim(self.owner, &c.table.target_table, lo, hi)
             .await;
-        let scan = scan(&mut self.scans, client, c.table, c.sql_name).await?;
-        let present: HashSet<i64> = client
-            .query(&scan, &[&lo, &hi])
-            .await
-            .map_err(Error::target_db(format!(
-                "finding the rows of {} a backfill chunk's range already has",
-                c.table.target_table
-            )))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let version = part.position.map_or(0, |p| p.commit_lsn) as i64;
-        let (mut upserts, mut copies) = (Vec::new(), Vec::with_capacity(part.changes.len()));
-        for (change, key) in part.changes.iter().zip(&c.keys) {
-            if present.contains(key) {
-                upserts.push(change.clone());
-            } else {
-                copies.push(&change.row[..]);
-            }
-        }
-        let mut applied = 0;
-        if !upserts.is_empty() {
-            let existing = event::Transaction {
-                position: part.position,
-                last: true,
-                tables: part.tables.clone(),
-                changes: upserts,
-                ..Default::default()
-            };
-            applied += applier.upsert_all(client, &[&existing], &[]).await?;
-        }
-        if !copies.is_empty() {
-            let versions = vec![version; copies.len()];
-            let copied = copy_text::load(
-                client,
-                c.table,
-                c.sql_name,
-                c.soft_delete,
-                &versions,
-                &copies,
-            )
-            .await?;
-            metrics::counter!(telemetry::WRITER_EVENTS_APPLIED, "table" => c.table.target_table.clone(), "op" => crate::reader::op_label(Op::Backfill)).increment(copied);
-            applied += copied;
-        }
-        metrics::counter!(telemetry::WRITER_STATEMENTS).increment(2);
-        Ok(applied)
+        applier.apply_all(client, &[part], &[]).await
     }
-}
-
-/// The range scan of `legacy_id` for `table`, prepared once per connection.
-async fn scan(
-    scans: &mut HashMap<String, Statement>,
-    client: &Client,
-    table: &event::Table,
-    sql_name: &str,
-) -> Result<Statement, Error> {
-    if let Some(s) = scans.get(&table.target_table) {
-        return Ok(s.clone());
-    }
-    let sql = format!(
-        "SELECT {id}::int8 FROM {sql_name} WHERE {id} BETWEEN $1::int8 AND $2::int8",
-        id = quote_ident(LEGACY_ID)
-    );
-    let s = client
-        .prepare(&sql)
-        .await
-        .map_err(Error::target_db(format!(
-            "preparing the backfill range scan of {}",
-            table.target_table
-        )))?;
-    scans.insert(table.target_table.clone(), s.clone());
-    Ok(s)
 }
 
 /// What `COPY` needs to load `part`, or `None` where every row must take the upsert.
@@ -257,12 +178,7 @@ fn copyable<'a>(catalog: &'a Catalog, part: &'a event::Transaction) -> Option<Co
         return None;
     }
     let keys = copy_text::legacy_ids(part.changes.iter().map(|c| &c.row[..]), at)?;
-    Some(Copyable {
-        table,
-        sql_name: &target.sql_name,
-        soft_delete: target.soft_delete,
-        keys,
-    })
+    Some(Copyable { table, keys })
 }
 
 #[cfg(test)]
