@@ -24,6 +24,7 @@ const READER: &[&str] = &[
     "rekey_reader_transactions_total",
     "rekey_reader_messages_published_total",
     "rekey_reader_events_published_total",
+    "rekey_reader_published_bytes_total",
     "rekey_reader_confirmed_lsn",
     "rekey_source_lag_bytes",
     "rekey_source_slot_retained_wal_bytes",

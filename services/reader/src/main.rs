@@ -7,6 +7,10 @@ use clap::Parser;
 use rekey::config::Role;
 use rekey::telemetry::LogFormat;
 
+/// mimalloc instead of the system allocator: see [`rekey::service`] ("Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "rekey-reader",

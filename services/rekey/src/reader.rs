@@ -398,6 +398,8 @@ struct InFlight {
     /// The message's share of `source.max_in_flight_bytes`, returned once it is acknowledged.
     _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
     changes: u64,
+    /// Payload bytes of the message.
+    bytes: u64,
     /// Set on the last message of a transaction: the LSN that may then be confirmed.
     confirm: Option<u64>,
 }
@@ -414,6 +416,7 @@ async fn acker(
                 Ok(Ok(_)) => {
                     metrics::counter!(telemetry::READER_MESSAGES_PUBLISHED).increment(1);
                     metrics::counter!(telemetry::READER_EVENTS_PUBLISHED).increment(item.changes);
+                    metrics::counter!(telemetry::READER_BYTES_PUBLISHED).increment(item.bytes);
                 }
                 Ok(Err((e, _))) => {
                     let _ = failed.send(Error::kafka("delivering a batch")(e)).await;
@@ -604,6 +607,7 @@ impl StreamState<'_> {
                             delivery: None,
                             _bytes: None,
                             changes: 0,
+                            bytes: 0,
                             confirm: Some(end_lsn.as_u64()),
                         })
                         .await?;
@@ -946,6 +950,7 @@ impl StreamState<'_> {
             delivery: Some(delivery),
             _bytes: Some(bytes),
             changes,
+            bytes: payload.len() as u64,
             confirm,
         })
         .await

@@ -4,6 +4,13 @@
 //!
 //! Exit codes: 0 after a clean stop, 2 for a configuration or set-up problem (the line
 //! names what to fix), 1 for any other fatal error.
+//!
+//! Allocator: `rekey-reader` and `rekey-writer` allocate with mimalloc (their
+//! `#[global_allocator]`). Every value of every row is its own small allocation on both
+//! sides, and glibc's malloc and free were a third of the reader's samples in a backfill.
+//! Measured with `rekey-bench --scale 1 --only backfill`, three alternating pairs:
+//! reader CPU per row 7.4 -> 6.9 µs, writer 6.2 -> 5.9 µs (with the writer's hash maps
+//! moved off SipHash, see [`crate::apply`]), rows/s +8 %.
 
 use std::future::Future;
 use std::path::PathBuf;

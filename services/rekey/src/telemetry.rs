@@ -9,6 +9,7 @@ pub const READER_EVENTS_READ: &str = "rekey_reader_events_read_total";
 pub const READER_TRANSACTIONS: &str = "rekey_reader_transactions_total";
 pub const READER_MESSAGES_PUBLISHED: &str = "rekey_reader_messages_published_total";
 pub const READER_EVENTS_PUBLISHED: &str = "rekey_reader_events_published_total";
+pub const READER_BYTES_PUBLISHED: &str = "rekey_reader_published_bytes_total";
 pub const READER_CONFIRMED_LSN: &str = "rekey_reader_confirmed_lsn";
 pub const SOURCE_LAG_BYTES: &str = "rekey_source_lag_bytes";
 pub const SOURCE_SLOT_RETAINED_WAL_BYTES: &str = "rekey_source_slot_retained_wal_bytes";
@@ -52,6 +53,11 @@ fn describe() {
     describe_counter!(
         READER_EVENTS_PUBLISHED,
         "Row changes acknowledged by the broker"
+    );
+    describe_counter!(
+        READER_BYTES_PUBLISHED,
+        Unit::Bytes,
+        "Message payload bytes acknowledged by the broker"
     );
     describe_gauge!(
         READER_CONFIRMED_LSN,

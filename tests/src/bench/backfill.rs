@@ -38,6 +38,8 @@ pub struct Copy {
     pub check_method: &'static str,
     /// CPU per component during the copy, % of one core.
     pub cpu: Vec<(String, f64)>,
+    /// Message payload bytes the reader published (rekey only).
+    pub broker_bytes: Option<u64>,
 }
 
 impl Copy {
@@ -49,6 +51,11 @@ impl Copy {
     /// copy costs independently of how busy the machine was. `machine` is left out.
     pub fn cpu_micros_per_row(&self) -> Vec<(String, f64)> {
         super::procstat::micros_per_unit(&self.cpu, self.elapsed, self.rows)
+    }
+
+    pub fn broker_bytes_per_row(&self) -> Option<f64> {
+        self.broker_bytes
+            .map(|b| b as f64 / self.rows.max(1) as f64)
     }
 }
 
@@ -185,6 +192,7 @@ pub async fn pg_dump(legacy: &Pg, dest: &Pg) -> Copy {
         check,
         check_method: "row count and row-hash sum per table",
         cpu,
+        broker_bytes: None,
     }
 }
 
@@ -226,6 +234,7 @@ pub async fn native_sync(legacy: &Pg, subscriber: &Pg) -> Copy {
         check,
         check_method: "row count and row-hash sum per table",
         cpu,
+        broker_bytes: None,
     }
 }
 
@@ -276,6 +285,8 @@ pub async fn rekey(p: &mut Pipeline, settings: &str) -> Copy {
         .expect("the writer applies everything up to the end of backfill");
     let elapsed = began.elapsed();
     let cpu = procstat::usage(&probes, &cpu0, &procstat::snapshot(&probes));
+    let published = crate::scrape::scrape(p.reader_metrics).await;
+    let broker_bytes = crate::scrape::sum(&published, "rekey_reader_published_bytes_total") as u64;
     let check = rekey_check(p, &legacy).await;
     Copy {
         method: "rekey",
@@ -287,6 +298,7 @@ pub async fn rekey(p: &mut Pipeline, settings: &str) -> Copy {
         check,
         check_method: "rekey_tests::compare: every live row, keys and FKs rekeyed",
         cpu,
+        broker_bytes: Some(broker_bytes),
     }
 }
 

@@ -738,6 +738,7 @@ async fn native_streaming(
         },
         check_method: "row count and row-hash sum per table",
         cpu: Vec::new(),
+        broker_bytes: None,
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
 

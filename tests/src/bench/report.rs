@@ -103,6 +103,9 @@ pub fn table(r: &Report) -> String {
                 "",
                 cpu_text(&c.cpu_micros_per_row())
             );
+            if let Some(b) = c.broker_bytes_per_row() {
+                let _ = writeln!(t, "    {:<8} broker bytes per row: {b:.0}", "");
+            }
         }
     }
 
@@ -247,6 +250,7 @@ fn copy_json(c: &Copy) -> Value {
         "check": { "method": c.check_method, "ok": c.check.is_ok(), "error": c.check.as_ref().err() },
         "cpu_percent_of_one_core": c.cpu.iter().map(|(n, v)| (n.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "cpu_micros_per_row": c.cpu_micros_per_row().into_iter().map(|(n, v)| (n, json!(v))).collect::<serde_json::Map<_, _>>(),
+        "broker_bytes_per_row": c.broker_bytes_per_row(),
     })
 }
 
