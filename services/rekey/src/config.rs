@@ -33,6 +33,12 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 /// its broker thread polls it in a busy loop until a request slot frees (measured: 40%
 /// of a core during backfill, for no more throughput).
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 5 * DEFAULT_CHUNK_MAX_BYTES;
+/// How long the reader holds small transactions to publish them together in one message
+/// (whole transactions; a message also closes at `chunk_max_changes`/`chunk_max_bytes`).
+/// Every message costs a produce request and the writer's handling of it: measured
+/// with `rekey-bench --only streaming` at 4000–6000 tx/s, see the README.
+pub const DEFAULT_PUBLISH_LINGER_MS: u64 = 20;
+const MAX_PUBLISH_LINGER_MS: u64 = 10_000;
 /// The writer commits a target transaction after this many changes (whole source
 /// transactions only).
 pub const DEFAULT_BATCH_MAX_CHANGES: usize = 5_000;
@@ -126,6 +132,8 @@ pub struct SourceConfig {
     pub max_in_flight: usize,
     #[serde(default = "default_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
+    #[serde(default = "default_publish_linger")]
+    pub publish_linger_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +296,9 @@ fn default_chunk_bytes() -> usize {
 fn default_in_flight() -> usize {
     DEFAULT_MAX_IN_FLIGHT
 }
+fn default_publish_linger() -> u64 {
+    DEFAULT_PUBLISH_LINGER_MS
+}
 fn default_in_flight_bytes() -> usize {
     DEFAULT_MAX_IN_FLIGHT_BYTES
 }
@@ -437,6 +448,12 @@ impl Config {
             return bad(
                 "source.max_in_flight/max_in_flight_bytes",
                 "must be at least 1 message / source.chunk_max_bytes",
+            );
+        }
+        if self.source.publish_linger_ms > MAX_PUBLISH_LINGER_MS {
+            return bad(
+                "source.publish_linger_ms",
+                "must be at most 10000 (a message waiting longer delays every change in it)",
             );
         }
         if needs_source && self.target.url.0.is_empty() {
@@ -679,6 +696,22 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_linger_beyond_ten_seconds_is_named() {
+        let mut c =
+            Config::parse(&format!("{MINIMAL}\n[source]\npublish_linger_ms = 60000\n")).unwrap();
+        c.apply_env(|k| match k {
+            "REKEY_SOURCE_URL" => Some("postgres://x/y".to_string()),
+            "REKEY_TARGET_URL" => Some("postgres://x/z".to_string()),
+            "REKEY_ID_SECRET" => Some("0123456789abcdef0123".to_string()),
+            _ => None,
+        });
+        let err = c.validate(Role::Reader).unwrap_err().to_string();
+        assert!(err.contains("source.publish_linger_ms"), "{err}");
+        c.source.publish_linger_ms = 0;
+        c.validate(Role::Reader).unwrap();
+    }
+
+    #[test]
     fn unknown_field_is_named() {
         let err = Config::parse("[kafka]\nbrokers = \"x\"\nbrokr = \"y\"\n").unwrap_err();
         assert!(err.contains("unknown field `brokr`"), "{err}");
@@ -718,6 +751,7 @@ mod tests {
         assert_eq!(c.source.slot, DEFAULT_SLOT);
         assert_eq!(c.target.batch_max_changes, DEFAULT_BATCH_MAX_CHANGES);
         assert_eq!(c.source.max_in_flight_bytes, DEFAULT_MAX_IN_FLIGHT_BYTES);
+        assert_eq!(c.source.publish_linger_ms, DEFAULT_PUBLISH_LINGER_MS);
         assert_eq!(c.tables[0].entity(), "prompt_labs");
         assert_eq!(c.tables[0].target_name(), "public.prompt_labs");
     }

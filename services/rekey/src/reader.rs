@@ -311,7 +311,7 @@ async fn stream(
                 repl.update_applied_lsn(Lsn::from_u64(lsn));
                 metrics::gauge!(telemetry::READER_CONFIRMED_LSN).set(lsn as f64);
             }
-            _ = async { tokio::time::sleep_until(state.pack.deadline().expect("guarded")).await }, if state.pack.since.is_some() => {
+            _ = async { tokio::time::sleep_until(state.pack.deadline(state.config).expect("guarded")).await }, if state.pack.since.is_some() => {
                 if let Err(e) = state.flush_pack().await {
                     break Err(e);
                 }
@@ -483,9 +483,6 @@ fn index_of(tables: &mut Vec<Arc<event::Table>>, table: &Arc<event::Table>) -> u
     i as u32
 }
 
-/// How long a packed message waits for more transactions before it is published.
-const PACK_LINGER: Duration = Duration::from_millis(5);
-
 /// Whole small transactions packed into one message: fewer, larger messages for the
 /// broker and the writer. The confirm LSN is the last packed (or skipped) transaction's.
 #[derive(Default)]
@@ -527,8 +524,11 @@ impl Pack {
             || self.bytes >= config.source.chunk_max_bytes
     }
 
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.since.map(|t| t + PACK_LINGER)
+    /// When the pack is published (`source.publish_linger_ms` after its first
+    /// transaction) unless it fills first.
+    fn deadline(&self, config: &Config) -> Option<tokio::time::Instant> {
+        self.since
+            .map(|t| t + Duration::from_millis(config.source.publish_linger_ms))
     }
 }
 
