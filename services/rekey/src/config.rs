@@ -453,7 +453,7 @@ impl Config {
         if self.source.publish_linger_ms > MAX_PUBLISH_LINGER_MS {
             return bad(
                 "source.publish_linger_ms",
-                "must be at most 10000 (a message waiting longer delays every change in it)",
+                &format!("must be at most {MAX_PUBLISH_LINGER_MS} (a message waiting longer delays every change in it)"),
             );
         }
         if needs_source && self.target.url.0.is_empty() {

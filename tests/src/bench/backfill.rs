@@ -286,7 +286,8 @@ pub async fn rekey(p: &mut Pipeline, settings: &str) -> Copy {
     let elapsed = began.elapsed();
     let cpu = procstat::usage(&probes, &cpu0, &procstat::snapshot(&probes));
     let published = crate::scrape::scrape(p.reader_metrics).await;
-    let broker_bytes = crate::scrape::sum(&published, "rekey_reader_published_bytes_total") as u64;
+    let broker_bytes =
+        crate::scrape::sum(&published, rekey::telemetry::READER_BYTES_PUBLISHED) as u64;
     let check = rekey_check(p, &legacy).await;
     Copy {
         method: "rekey",
