@@ -389,7 +389,9 @@ impl Applier {
     /// (one probe of its unique index, where new keys are the largest) and upserted;
     /// the others, nearly always all of them, are loaded with `COPY` (see
     /// [`crate::copy_text`]). The writer is the target's only writer and has applied
-    /// everything before this run, so nothing it has not seen can appear in between.
+    /// everything before this run, so nothing it has not seen can appear in between
+    /// (a backfill chunk on a side connection first claims its key range, see
+    /// [`crate::chunk_copy`]).
     async fn copy_or_upsert(&mut self, client: &Client, b: &Built<'_>) -> Result<(), Error> {
         let c = b.copy.as_ref().expect("a run to copy");
         let Some(keys) = crate::copy_text::legacy_ids(c.rows.iter().copied(), c.legacy_id) else {
@@ -399,8 +401,9 @@ impl Applier {
             .prepared(
                 client,
                 format!(
-                    "SELECT legacy_id::int8 FROM {} WHERE legacy_id = ANY($1::int8[])",
-                    c.sql_name
+                    "SELECT {id}::int8 FROM {} WHERE {id} = ANY($1::int8[])",
+                    c.sql_name,
+                    id = quote_ident(crate::mapping::LEGACY_ID)
                 ),
                 &c.table.target_table,
             )

@@ -41,7 +41,7 @@ use crate::event::{self, Op};
 use crate::mapping::LEGACY_ID;
 use crate::target::Catalog;
 
-/// Applies backfill chunk parts on one connection; keeps its prepared range scans.
+/// Applies backfill chunk parts on one connection, under its claims.
 pub struct ChunkCopy {
     catalog: Catalog,
     claims: Claims,

@@ -29,8 +29,8 @@ pub struct TargetTable {
     /// How freely the writer may gather this table's changes (see [`Order`]).
     pub order: Order,
     /// The table maps a legacy `id` and has a unique index on `legacy_id` alone: the
-    /// rows a backfill chunk's key range already has are found with one range scan
-    /// (see [`crate::chunk_copy`]).
+    /// rows of a large run of new rows the table already has are found with one probe
+    /// of that index, and the others loaded with `COPY` (see [`crate::apply`]).
     pub legacy_id_unique: bool,
 }
 
