@@ -557,6 +557,20 @@ async fn rows_the_stream_wrote_before_their_chunk_and_awkward_text_arrive_intact
     assert_eq!(streamed, 20, "the streamed rows keep their newer values");
 }
 
+/// Transactions waiting for a lock on `table` (a chunk's COPY or upsert needs ROW
+/// EXCLUSIVE, which a SHARE lock excludes).
+async fn waiting_on_lock(client: &tokio_postgres::Client, table: &str) -> f64 {
+    client
+        .query_one(
+            "SELECT count(*)::float8 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relname = $1 AND NOT l.granted",
+            &[&table],
+        )
+        .await
+        .map(|r| r.get::<_, f64>(0))
+        .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chunk_copied_again_while_its_first_copy_is_in_flight_is_applied_once() {
     // The first chunks of prompt_executions wait on a lock the test holds while the
@@ -591,16 +605,16 @@ async fn a_chunk_copied_again_while_its_first_copy_is_in_flight_is_applied_once(
             )
         }
     };
+    // Every chunk in flight is one waiting on the lock: a finished chunk of an earlier
+    // table, not yet collected, would leave the count later and hide the second copy's
+    // arrival.
+    let probe = p.target_client().await;
     wait_until(
-        "a chunk of prompt_executions waiting on the lock",
+        "chunks of prompt_executions waiting on the lock, and no other chunk in flight",
         Duration::from_secs(120),
         || async {
-            p.reader
-                .as_ref()
-                .unwrap()
-                .output()
-                .contains("starting backfill table=public.prompt_executions")
-                && in_flight(&p).await >= 1.0
+            let b = waiting_on_lock(&probe, "prompt_executions").await;
+            b >= 1.0 && in_flight(&p).await == b
         },
     )
     .await;
