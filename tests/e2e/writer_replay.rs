@@ -90,6 +90,7 @@ impl Source {
                 tables: vec![table()],
                 changes,
                 backfill: None,
+                copy: None,
             }],
         }
         .encode_to_vec()

@@ -7,7 +7,8 @@
 //!  ──────────────────────────                  ───────────────────────────
 //!  send Open(chunk)  ─────────channel────────▶ (taken when L is seen)
 //!  COMMIT  L = emit_message('rekey.backfill.low', chunk)  ──WAL──▶ open the window
-//!  SELECT … WHERE key > last ORDER BY key LIMIT n         changes to the table in the
+//!  COPY (SELECT … WHERE key > last ORDER BY key LIMIT n) TO STDOUT
+//!                                                         changes to the table in the
 //!  send Rows(chunk)  ─────────channel────────▶            window: remember their keys
 //!  COMMIT  H = emit_message('rekey.backfill.high', chunk) ──WAL──▶ close the window; publish
 //!                                                           the chunk rows the stream did
@@ -16,7 +17,9 @@
 //!
 //! Guarantees:
 //! - **No long transaction** on the legacy database: each chunk is one SELECT (its own
-//!   snapshot) between two tiny watermark transactions.
+//!   snapshot) between two tiny watermark transactions. It is read with `COPY … TO
+//!   STDOUT`: the rows stay lines of `COPY`'s text format all the way to the new store,
+//!   only their rekeyed fields rewritten (see [`crate::mapping::TableMap::copy_line`]).
 //! - **Never older over newer**: a row the stream changed between L and H is dropped from
 //!   the chunk — the stream carries its newer value, applied in order. A row the stream
 //!   did not change in the window has the same value at the SELECT as at H, so it is
@@ -38,13 +41,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::{quote_ident, quote_qualified, Config, TableConfig};
+use crate::copy_text;
 use crate::error::Error;
 use crate::mapping::TableMap;
-use crate::pgoutput::{Relation, RelationColumn, Tuple, Value};
+use crate::pgoutput::{Relation, RelationColumn};
 use crate::slot::SourceCatalog;
 use crate::telemetry;
 
@@ -59,10 +65,11 @@ pub enum ChunkMsg {
         chunk: String,
         table: Arc<BackfillTable>,
     },
-    /// The chunk's rows; its high watermark follows in the WAL.
+    /// The chunk's rows, lines of `COPY`'s text format (see [`select_chunk`]); its high
+    /// watermark follows in the WAL.
     Rows {
         chunk: String,
-        rows: Vec<Tuple>,
+        rows: Vec<Bytes>,
         last_key: Vec<String>,
         done: bool,
     },
@@ -396,13 +403,7 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(config.backfill.window_delay_ms)).await;
             }
             if let Some(last) = rows.last() {
-                last_key = Some(
-                    table
-                        .key
-                        .iter()
-                        .map(|&i| last.0[i].as_str().unwrap_or_default().to_string())
-                        .collect(),
-                );
+                last_key = Some(key_of(&table, last));
             }
             let done =
                 rows.len() < config.backfill.chunk_rows || last_key.is_some() && last_key == upper;
@@ -521,14 +522,16 @@ async fn estimate_rows(source: &Client, t: &TableConfig) -> Result<i64, Error> {
     Ok(n)
 }
 
-/// One keyset page, as the stream would send the rows (text values).
+/// One keyset page, read with `COPY (SELECT …) TO STDOUT`: one line of the text format
+/// per row, without its newline (the rows are rewritten as lines, see
+/// [`crate::mapping::TableMap::copy_line`]).
 async fn select_chunk(
     source: &Client,
     table: &BackfillTable,
     after: Option<&[String]>,
     upper: &[String],
     limit: usize,
-) -> Result<Vec<Tuple>, Error> {
+) -> Result<Vec<Bytes>, Error> {
     let (s, n) = table.config.source_parts();
     let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(c)).collect();
     let key: Vec<String> = table
@@ -542,29 +545,59 @@ async fn select_chunk(
         filter.push_str(&format!(" AND ({keys}) > ({})", literals(k)));
     }
     let sql = format!(
-        "SELECT {} FROM {} {filter} ORDER BY {} LIMIT {limit}",
+        "COPY (SELECT {} FROM {} {filter} ORDER BY {} LIMIT {limit}) TO STDOUT",
         cols.join(", "),
         quote_qualified(s, n),
         key.join(", ")
     );
-    let messages = source
-        .simple_query(&sql)
+    let context = || format!("reading a backfill chunk of {}", table.source_name());
+    let stream = source
+        .copy_out(&sql)
         .await
-        .map_err(Error::source_db(format!(
-            "reading a backfill chunk of {}",
-            table.source_name()
-        )))?;
+        .map_err(Error::source_db(context()))?;
+    futures::pin_mut!(stream);
     let mut rows = Vec::with_capacity(limit);
-    for m in messages {
-        if let SimpleQueryMessage::Row(r) = m {
-            let values = (0..cols.len())
-                .map(|i| match r.get(i) {
-                    Some(v) => Value::Text(bytes::Bytes::copy_from_slice(v.as_bytes())),
-                    None => Value::Null,
-                })
-                .collect();
-            rows.push(Tuple(values));
+    // PostgreSQL sends one row per message; a message of several rows, or a row over
+    // several messages, is split and joined all the same.
+    let mut partial = BytesMut::new();
+    while let Some(data) = stream.next().await {
+        let mut data = data.map_err(Error::source_db(context()))?;
+        if partial.is_empty()
+            && data.last() == Some(&b'\n')
+            && !data[..data.len() - 1].contains(&b'\n')
+        {
+            data.truncate(data.len() - 1);
+            rows.push(data);
+            continue;
+        }
+        partial.extend_from_slice(&data);
+        while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+            let line = partial.split_to(end + 1);
+            rows.push(line.freeze().slice(..end));
         }
     }
+    if !partial.is_empty() {
+        return Err(Error::Invariant(format!(
+            "{}: a backfill chunk ended inside a row",
+            table.source_name()
+        )));
+    }
     Ok(rows)
+}
+
+/// The key of a chunk row (see [`select_chunk`]), one string per key column.
+fn key_of(table: &BackfillTable, line: &[u8]) -> Vec<String> {
+    let mut ranges = Vec::new();
+    copy_text::fields(line, &mut ranges);
+    table
+        .key
+        .iter()
+        .map(|&i| {
+            ranges
+                .get(i)
+                .and_then(|r| copy_text::unescape(&line[r.clone()]))
+                .map(|k| String::from_utf8_lossy(&k).into_owned())
+                .unwrap_or_default()
+        })
+        .collect()
 }

@@ -272,15 +272,20 @@ async fn apply_in_transaction(
                 *claimed.insert(crate::backfill::claim_chunk(client, commit_lsn).await?)
             }
         };
+        let (last, commit_lsn, progress) = (
+            part.last,
+            part.position.map_or(0, |p| p.commit_lsn),
+            part.backfill.clone(),
+        );
         if claimed {
-            applied += side.copy.apply(client, &mut side.applier, &part).await?;
+            applied += side.copy.apply(client, &mut side.applier, part).await?;
         }
-        if part.last {
+        if last {
             if !claimed {
-                tracing::info!(commit_lsn = %crate::writer::lsn_text(part.position.map_or(0, |p| p.commit_lsn)), "backfill chunk applied before a restart; skipped");
+                tracing::info!(commit_lsn = %crate::writer::lsn_text(commit_lsn), "backfill chunk applied before a restart; skipped");
                 break;
             }
-            if let Some(progress) = &part.backfill {
+            if let Some(progress) = &progress {
                 crate::backfill::save_progress(client, progress).await?;
             }
             client

@@ -29,12 +29,13 @@
 //! then probes. Only a later chunk waits for an earlier one, never the reverse, so they
 //! cannot deadlock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tokio_postgres::Client;
 
 use crate::apply::Applier;
+use crate::config::quote_ident;
 use crate::copy_text;
 use crate::error::Error;
 use crate::event::{self, Op};
@@ -117,8 +118,9 @@ impl Claims {
 }
 
 /// A part that `COPY` can load: one table, backfill rows only, integer legacy keys.
-struct Copyable<'a> {
-    table: &'a event::Table,
+struct Copyable {
+    /// The table's index in the part's tables.
+    at: u32,
     keys: Vec<i64>,
 }
 
@@ -141,44 +143,152 @@ impl ChunkCopy {
     /// Applies one part of a chunk in the connection's open transaction, once its key
     /// range is this chunk's alone (see the module doc). Returns the number of rows
     /// applied.
+    ///
+    /// The part's `COPY` lines ([`event::CopyRows`]) are loaded as they are, each with
+    /// the chunk's `row_version` appended, except those of rows the new store has
+    /// already, which are decoded and upserted with the part's changes (the rows the
+    /// stream overlaid).
     pub async fn apply(
         &mut self,
         client: &Client,
         applier: &mut Applier,
-        part: &event::Transaction,
+        mut part: event::Transaction,
     ) -> Result<u64, Error> {
-        let Some(c) = copyable(&self.catalog, part) else {
-            return applier.upsert_all(client, &[part], &[]).await;
+        let lines = part
+            .copy
+            .take()
+            .and_then(|copy| match loadable(&self.catalog, &part, &copy) {
+                Some(keys) => Some((copy, keys)),
+                None => {
+                    part.copy = Some(copy);
+                    copy_text::expand(&mut part);
+                    None
+                }
+            });
+        let changes = match (&lines, part.changes.first()) {
+            (_, None) => lines.as_ref().map(|(copy, _)| (copy.table, Vec::new())),
+            (Some((copy, _)), Some(c)) if c.table != copy.table => None,
+            _ => copyable(&self.catalog, &part).map(|c| (c.at, c.keys)),
         };
-        let (Some(&lo), Some(&hi)) = (c.keys.iter().min(), c.keys.iter().max()) else {
+        let Some((at, mut keys)) = changes else {
+            if let Some((copy, _)) = lines {
+                part.copy = Some(copy);
+                copy_text::expand(&mut part);
+            }
+            return applier.upsert_all(client, &[&part], &[]).await;
+        };
+        let table = &part.tables[at as usize];
+        if let Some((_, line_keys)) = &lines {
+            keys.extend_from_slice(line_keys);
+        }
+        let (Some(&lo), Some(&hi)) = (keys.iter().min(), keys.iter().max()) else {
             return Ok(0);
         };
         self.claims
-            .claim(self.owner, &c.table.target_table, lo, hi)
+            .claim(self.owner, &table.target_table, lo, hi)
             .await;
-        applier.apply_all(client, &[part], &[]).await
+        let mut applied = 0;
+        if let Some((copy, keys)) = lines {
+            let target = self.catalog.get(&table.target_table).ok_or_else(|| {
+                Error::Setup(format!(
+                    "events name target table {} which is not in [[tables]]",
+                    table.target_table
+                ))
+            })?;
+            let present = present(client, &target.sql_name, table, &keys).await?;
+            let mut skip = Vec::new();
+            let mut ranges = Vec::new();
+            for (i, line) in copy_text::lines(&copy.lines).enumerate() {
+                if present.contains(&keys[i]) {
+                    skip.push(i);
+                    part.changes.push(event::Change {
+                        table: copy.table,
+                        op: Op::Backfill as i32,
+                        row: copy_text::values(line, &mut ranges),
+                        ..Default::default()
+                    });
+                }
+            }
+            let version = part.position.map_or(0, |p| p.commit_lsn) as i64;
+            applied += copy_text::load_lines(
+                client,
+                table,
+                &target.sql_name,
+                target.soft_delete,
+                version,
+                &copy.lines,
+                &skip,
+            )
+            .await?;
+        }
+        if !part.changes.is_empty() {
+            applied += applier.apply_all(client, &[&part], &[]).await?;
+        }
+        Ok(applied)
     }
 }
 
-/// What `COPY` needs to load `part`, or `None` where every row must take the upsert.
-fn copyable<'a>(catalog: &'a Catalog, part: &'a event::Transaction) -> Option<Copyable<'a>> {
-    let [table] = &part.tables[..] else {
-        return None;
-    };
-    let target = catalog.get(&table.target_table)?;
-    if !target.legacy_id_unique {
-        return None;
-    }
-    let at = table.columns.iter().position(|c| c.name == LEGACY_ID)?;
+/// Which of `keys` (legacy ids) the target table `sql_name` has already.
+async fn present(
+    client: &Client,
+    sql_name: &str,
+    table: &event::Table,
+    keys: &[i64],
+) -> Result<HashSet<i64>, Error> {
+    let sql = format!(
+        "SELECT {id}::int8 FROM {sql_name} WHERE {id} = ANY($1::int8[])",
+        id = quote_ident(LEGACY_ID)
+    );
+    Ok(client
+        .query(&sql, &[&keys])
+        .await
+        .map_err(Error::target_db(format!(
+            "finding which of {} backfill rows {} has already",
+            keys.len(),
+            table.target_table
+        )))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// The legacy ids of `copy`'s lines, in order, where they can be loaded with `COPY`:
+/// their target keeps a unique `legacy_id`, and every key is an integer; `None` where
+/// every row must take the upsert.
+fn loadable(
+    catalog: &Catalog,
+    part: &event::Transaction,
+    copy: &event::CopyRows,
+) -> Option<Vec<i64>> {
+    let at = legacy_id_column(catalog, part, copy.table)?;
+    let keys = copy_text::field_ids(&copy.lines, at)?;
+    (keys.len() == copy.rows as usize).then_some(keys)
+}
+
+/// What `COPY` needs to load `part`'s changes, or `None` where every row must take the
+/// upsert.
+fn copyable(catalog: &Catalog, part: &event::Transaction) -> Option<Copyable> {
+    let at = part.changes.first()?.table;
+    let column = legacy_id_column(catalog, part, at)?;
     if part
         .changes
         .iter()
-        .any(|c| c.op != Op::Backfill as i32 || c.table != 0)
+        .any(|c| c.op != Op::Backfill as i32 || c.table != at)
     {
         return None;
     }
-    let keys = copy_text::legacy_ids(part.changes.iter().map(|c| &c.row[..]), at)?;
-    Some(Copyable { table, keys })
+    let keys = copy_text::legacy_ids(part.changes.iter().map(|c| &c.row[..]), column)?;
+    Some(Copyable { at, keys })
+}
+
+/// The index of `legacy_id` among the columns of the part's table `at`, where its
+/// target keeps `legacy_id` unique.
+fn legacy_id_column(catalog: &Catalog, part: &event::Transaction, at: u32) -> Option<usize> {
+    let table = part.tables.get(at as usize)?;
+    if !catalog.get(&table.target_table)?.legacy_id_unique {
+        return None;
+    }
+    table.columns.iter().position(|c| c.name == LEGACY_ID)
 }
 
 #[cfg(test)]

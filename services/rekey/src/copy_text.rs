@@ -6,8 +6,16 @@
 //! key, inserts speculatively and parses the arrays before the casts. Values are
 //! PostgreSQL's text representations already (see the event schema), so each is
 //! written as it is, with only backslash, tab, newline and carriage return escaped.
+//!
+//! Backfill rows arrive in this format already ([`event::CopyRows`]): the reader reads a
+//! chunk with `COPY (SELECT …) TO STDOUT` and rewrites only the rekeyed fields of each
+//! line ([`crate::mapping::TableMap::copy_line`]), so the values are neither decoded nor
+//! escaped again on either side. [`fields`], [`unescape`] and [`values`] read such lines
+//! where a row is needed as values after all (an overlay, a row the target has).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::ops::Range;
 
 use bytes::Bytes;
 use futures::SinkExt;
@@ -89,7 +97,7 @@ fn encode(
 
 /// Appends `s` as one field of `COPY`'s text format: backslash, tab, newline and
 /// carriage return escaped; everything else as it is (the connection is UTF-8).
-fn push_escaped(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_escaped(out: &mut Vec<u8>, s: &str) {
     let s = s.as_bytes();
     if !may_need_escape(s) {
         out.extend_from_slice(s);
@@ -165,6 +173,174 @@ pub fn legacy_ids<'a>(
         _ => None,
     })
     .collect()
+}
+
+/// A NULL field.
+pub const NULL: &[u8] = b"\\N";
+
+/// The byte ranges of the tab-separated fields of `line` (without its newline), into
+/// `out` (cleared first).
+pub fn fields(line: &[u8], out: &mut Vec<Range<usize>>) {
+    out.clear();
+    let mut start = 0;
+    for (i, &b) in line.iter().enumerate() {
+        if b == b'\t' {
+            out.push(start..i);
+            start = i + 1;
+        }
+    }
+    out.push(start..line.len());
+}
+
+/// The lines of a block of `COPY` text, each without its newline.
+pub fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let block = block.strip_suffix(b"\n").unwrap_or(block);
+    block
+        .split(|&b| b == b'\n')
+        .filter(move |_| !block.is_empty())
+}
+
+/// One field's value: `None` for NULL, else its bytes with the backslash escapes of
+/// `COPY`'s text format resolved (`\t`, `\n`, octal `\123`, hex `\x41`, and a
+/// backslash before any other byte standing for that byte).
+pub fn unescape(field: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if field == NULL {
+        return None;
+    }
+    if !field.contains(&b'\\') {
+        return Some(Cow::Borrowed(field));
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        i += 1;
+        if b != b'\\' || i == field.len() {
+            out.push(b);
+            continue;
+        }
+        let c = field[i];
+        i += 1;
+        let digits = |i: &mut usize, max: usize, radix: u32| -> u8 {
+            let mut v: u32 = 0;
+            let mut n = 0;
+            while n < max && *i < field.len() {
+                match (field[*i] as char).to_digit(radix) {
+                    Some(d) => v = v * radix + d,
+                    None => break,
+                }
+                *i += 1;
+                n += 1;
+            }
+            v as u8
+        };
+        out.push(match c {
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'v' => 0x0b,
+            b'0'..=b'7' => {
+                i -= 1;
+                digits(&mut i, 3, 8)
+            }
+            b'x' if i < field.len() && field[i].is_ascii_hexdigit() => digits(&mut i, 2, 16),
+            other => other,
+        });
+    }
+    Some(Cow::Owned(out))
+}
+
+/// The event values of one line: text (or binary, where the bytes are not UTF-8) and
+/// NULL.
+pub fn values(line: &[u8], ranges: &mut Vec<Range<usize>>) -> Vec<event::Value> {
+    fields(line, ranges);
+    ranges
+        .iter()
+        .map(|r| {
+            let kind = match unescape(&line[r.clone()]) {
+                None => Kind::Null(true),
+                Some(b) => match String::from_utf8(b.into_owned()) {
+                    Ok(s) => Kind::Text(s),
+                    Err(e) => Kind::Binary(e.into_bytes()),
+                },
+            };
+            event::Value { kind: Some(kind) }
+        })
+        .collect()
+}
+
+/// Turns `txn`'s `COPY` lines, if any, into ordinary backfill changes after its own:
+/// for every path that applies rows one by one rather than loading the lines.
+pub fn expand(txn: &mut event::Transaction) {
+    let Some(copy) = txn.copy.take() else {
+        return;
+    };
+    let mut ranges = Vec::new();
+    txn.changes.reserve(copy.rows as usize);
+    for line in lines(&copy.lines) {
+        txn.changes.push(event::Change {
+            table: copy.table,
+            op: event::Op::Backfill as i32,
+            row: values(line, &mut ranges),
+            ..Default::default()
+        });
+    }
+}
+
+/// The integer in field `at` of every line of `block`, in order; `None` if a line has
+/// no such field or it is not an integer.
+pub fn field_ids(block: &[u8], at: usize) -> Option<Vec<i64>> {
+    lines(block)
+        .map(|line| {
+            let field = line.split(|&b| b == b'\t').nth(at)?;
+            std::str::from_utf8(field).ok()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Loads the lines of `block` whose index is not in `skip` (sorted) into `sql_name`
+/// with one `COPY`, each followed by `version` as its `row_version` (and a NULL
+/// `deleted_at` for soft-deleting tables); fails unless every one was loaded. Returns
+/// the number of rows.
+pub async fn load_lines(
+    client: &Client,
+    table: &event::Table,
+    sql_name: &str,
+    soft_delete: bool,
+    version: i64,
+    block: &[u8],
+    skip: &[usize],
+) -> Result<u64, Error> {
+    let mut suffix = format!("\t{version}");
+    if soft_delete {
+        suffix.push_str("\t\\N");
+    }
+    suffix.push('\n');
+    let mut data = Vec::with_capacity(block.len() + 32 * 1024);
+    let mut skip = skip.iter().peekable();
+    let mut rows = 0u64;
+    for (i, line) in lines(block).enumerate() {
+        if skip.next_if(|&&s| s == i).is_some() {
+            continue;
+        }
+        data.extend_from_slice(line);
+        data.extend_from_slice(suffix.as_bytes());
+        rows += 1;
+    }
+    if rows == 0 {
+        return Ok(0);
+    }
+    let sql = copy_sql(table, sql_name, soft_delete);
+    let loaded = copy_in(client, &sql, data, &table.target_table).await?;
+    if loaded != rows {
+        return Err(Error::Invariant(format!(
+            "COPY into {} loaded {loaded} rows of {rows}",
+            table.target_table
+        )));
+    }
+    Ok(loaded)
 }
 
 /// Runs `sql` (a `COPY … FROM STDIN`) with `data`; returns the number of rows loaded.
@@ -256,6 +432,86 @@ mod tests {
         }
         let s = "ünïcödé 日本語 🚀 and more than eight bytes, no specials";
         assert!(!may_need_escape(s.as_bytes()));
+    }
+
+    #[test]
+    fn unescape_reverses_escaping_and_reads_what_postgres_writes() {
+        for s in [
+            "",
+            "plain",
+            "a\tb\nc\rd\\e",
+            "\\N",
+            "\\.",
+            "trailing\\",
+            "ünïcödé 日本語 🚀",
+        ] {
+            let mut out = Vec::new();
+            push_escaped(&mut out, s);
+            assert_eq!(
+                unescape(&out).as_deref(),
+                Some(s.as_bytes()),
+                "{s:?} escaped as {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        assert_eq!(unescape(b"\\N"), None, "NULL");
+        // PostgreSQL's COPY TO also escapes backspace, form feed and vertical tab;
+        // COPY FROM reads octal and hex escapes and drops the backslash elsewhere.
+        assert_eq!(
+            unescape(b"\\b\\f\\v\\101\\x41\\x4G\\7z\\q").as_deref(),
+            Some(&b"\x08\x0c\x0bAA\x04G\x07zq"[..])
+        );
+    }
+
+    #[test]
+    fn lines_split_into_fields_and_values() {
+        let block = b"u1\t1\tline\\nbreak\nu2\t2\t\\N\n";
+        let split: Vec<&[u8]> = lines(block).collect();
+        assert_eq!(split, [&b"u1\t1\tline\\nbreak"[..], b"u2\t2\t\\N"]);
+        assert_eq!(lines(b"").count(), 0);
+        let mut ranges = Vec::new();
+        assert_eq!(
+            values(split[0], &mut ranges),
+            [text("u1"), text("1"), text("line\nbreak")]
+        );
+        assert_eq!(
+            values(split[1], &mut ranges),
+            [text("u2"), text("2"), null()]
+        );
+        assert_eq!(field_ids(block, 1), Some(vec![1, 2]));
+        assert_eq!(field_ids(block, 0), None, "not integers");
+        assert_eq!(field_ids(block, 5), None, "no such field");
+    }
+
+    #[test]
+    fn expanded_lines_are_backfill_changes_after_the_others() {
+        let mut txn = event::Transaction {
+            changes: vec![event::Change {
+                op: event::Op::Backfill as i32,
+                row: vec![text("u0"), text("0"), null()],
+                ..Default::default()
+            }],
+            copy: Some(event::CopyRows {
+                table: 0,
+                lines: b"u1\t1\ta\\tb\nu2\t2\t\\N\n".to_vec(),
+                rows: 2,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(txn.rows(), 3);
+        expand(&mut txn);
+        assert!(txn.copy.is_none());
+        let rows: Vec<_> = txn.changes.iter().map(|c| (c.op, c.row.clone())).collect();
+        let b = event::Op::Backfill as i32;
+        assert_eq!(
+            rows,
+            [
+                (b, vec![text("u0"), text("0"), null()]),
+                (b, vec![text("u1"), text("1"), text("a\tb")]),
+                (b, vec![text("u2"), text("2"), null()]),
+            ]
+        );
+        assert_eq!(txn.rows(), 3);
     }
 
     #[test]

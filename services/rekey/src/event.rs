@@ -6,8 +6,9 @@
 include!(concat!(env!("OUT_DIR"), "/rekey.v1.rs"));
 
 /// The `Batch.schema_version` this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
-/// The oldest `Batch.schema_version` this build understands (1: no shared tables).
+pub const SCHEMA_VERSION: u32 = 3;
+/// The oldest `Batch.schema_version` this build understands (1: no shared tables; 2: no
+/// `Transaction.copy`).
 pub const MIN_SCHEMA_VERSION: u32 = 1;
 
 impl Transaction {
@@ -18,6 +19,11 @@ impl Transaction {
         } else {
             &self.tables
         }
+    }
+
+    /// The rows this transaction changes: its changes and its `COPY` lines.
+    pub fn rows(&self) -> u64 {
+        self.changes.len() as u64 + self.copy.as_ref().map_or(0, |c| u64::from(c.rows))
     }
 }
 

@@ -12,7 +12,11 @@
 //! Unchanged-TOAST markers pass through as [`Value::Unchanged`]: the writer keeps what the
 //! target has, never a NULL or a placeholder.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use crate::config::TableConfig;
+use crate::copy_text;
 use crate::error::Error;
 use crate::event::{self, value::Kind};
 use crate::pgoutput::{self, Relation, Tuple};
@@ -261,6 +265,128 @@ impl TableMap {
     }
 }
 
+/// A legacy row read with `COPY … TO STDOUT`: one line of the text format, and the
+/// ranges of its fields (see [`copy_text::fields`]).
+pub struct CopyLine<'a> {
+    pub line: &'a [u8],
+    pub fields: &'a [Range<usize>],
+}
+
+impl CopyLine<'_> {
+    fn field(&self, i: usize) -> Option<&[u8]> {
+        self.fields.get(i).map(|r| &self.line[r.clone()])
+    }
+
+    /// The row as the stream would carry it (for an overlay).
+    pub fn tuple(&self) -> Tuple {
+        Tuple(
+            self.fields
+                .iter()
+                .map(|r| match copy_text::unescape(&self.line[r.clone()]) {
+                    None => pgoutput::Value::Null,
+                    Some(b) => pgoutput::Value::Text(bytes::Bytes::from(b.into_owned())),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl TableMap {
+    /// The legacy key of a row read with `COPY`, as [`Self::legacy_key`] gives it.
+    pub fn copy_key<'a>(&self, row: &CopyLine<'a>) -> Result<Cow<'a, str>, Error> {
+        let text = |i: usize| -> Result<Cow<'a, str>, Error> {
+            let field = row
+                .fields
+                .get(i)
+                .map(|r| &row.line[r.clone()])
+                .and_then(copy_text::unescape)
+                .ok_or_else(|| {
+                    Error::Invariant(format!(
+                        "{}: key column {i} missing or NULL in a backfill row",
+                        self.source_table
+                    ))
+                })?;
+            match field {
+                Cow::Borrowed(b) => std::str::from_utf8(b).map(Cow::Borrowed).ok(),
+                Cow::Owned(b) => String::from_utf8(b).map(Cow::Owned).ok(),
+            }
+            .ok_or_else(|| {
+                Error::Invariant(format!("{}: key value is not UTF-8", self.source_table))
+            })
+        };
+        if let [one] = self.key_columns[..] {
+            return text(one);
+        }
+        let mut key = String::new();
+        for (n, &i) in self.key_columns.iter().enumerate() {
+            if n > 0 {
+                key.push('/');
+            }
+            key.push_str(&text(i)?);
+        }
+        Ok(Cow::Owned(key))
+    }
+
+    /// Appends the target line of a row read with `COPY` to `out`: the same fields as
+    /// [`Self::image`] gives, in `COPY`'s text format, with its newline. Only the
+    /// rekeyed fields are decoded; every other one is copied as the legacy database
+    /// wrote it (the two text formats are the same).
+    pub fn copy_line(
+        &self,
+        rk: &Rekeyer,
+        row: &CopyLine<'_>,
+        legacy_key: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let mut uuid = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        for (n, c) in self.columns.iter().enumerate() {
+            if n > 0 {
+                out.push(b'\t');
+            }
+            match &c.source {
+                Source::Id => out.extend_from_slice(
+                    rk.uuid(&self.entity, legacy_key)
+                        .hyphenated()
+                        .encode_lower(&mut uuid)
+                        .as_bytes(),
+                ),
+                Source::LegacyId(i) | Source::Plain(i) => {
+                    out.extend_from_slice(row.field(*i).ok_or_else(|| self.short_row())?)
+                }
+                Source::Rekeyed { column, entity } => {
+                    let field = row.field(*column).ok_or_else(|| self.short_row())?;
+                    match copy_text::unescape(field) {
+                        None => out.extend_from_slice(copy_text::NULL),
+                        Some(key) => {
+                            let key = std::str::from_utf8(&key).map_err(|_| {
+                                Error::Invariant(format!(
+                                    "{}.{}: key value is not UTF-8",
+                                    self.source_table, c.name
+                                ))
+                            })?;
+                            out.extend_from_slice(
+                                rk.uuid(entity, key)
+                                    .hyphenated()
+                                    .encode_lower(&mut uuid)
+                                    .as_bytes(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn short_row(&self) -> Error {
+        Error::Invariant(format!(
+            "{}: a backfill row shorter than its relation",
+            self.source_table
+        ))
+    }
+}
+
 fn text(s: String) -> event::Value {
     event::Value {
         kind: Some(Kind::Text(s)),
@@ -332,6 +458,97 @@ mod tests {
         match &v.kind {
             Some(Kind::Text(s)) => Some(s),
             _ => None,
+        }
+    }
+
+    /// A legacy row as `COPY … TO STDOUT` writes it.
+    fn copy_out(values: &[Option<&str>]) -> Vec<u8> {
+        let mut line = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                line.push(b'\t');
+            }
+            match v {
+                Some(s) => copy_text::push_escaped(&mut line, s),
+                None => line.extend_from_slice(copy_text::NULL),
+            }
+        }
+        line
+    }
+
+    /// The target line rewritten from the COPY line is the row's image in COPY text,
+    /// and its key is the stream's: for plain and composite keys, references,
+    /// derived columns, NULLs and text that needs escaping.
+    #[test]
+    fn a_copy_line_is_rewritten_to_the_image_in_copy_text() {
+        let rk = Rekeyer::new(b"0123456789abcdef");
+        type Rows<'a> = Vec<Vec<Option<&'a str>>>;
+        let cases: Vec<(Relation, TableConfig, Rows)> = vec![
+            (
+                rel(
+                    "prompt_templates",
+                    &[
+                        ("id", true),
+                        ("prompt_library_id", false),
+                        ("tenant_id", false),
+                        ("content", false),
+                    ],
+                ),
+                cfg(r#"[[tables]]
+                    name = "prompt_templates"
+                    id = "id"
+                    references = { prompt_library_id = "prompt_libraries" }
+                    derive = [{ column = "organization_id", from = "tenant_id", entity = "organizations" }]"#),
+                vec![
+                    vec![Some("5"), Some("9"), Some("t1"), Some("a\tb\\c\nd\r é")],
+                    vec![Some("6"), None, None, None],
+                    vec![Some("7"), Some("10"), Some("t\\2"), Some("\\N")],
+                ],
+            ),
+            (
+                rel(
+                    "prompt_flow_steps",
+                    &[
+                        ("prompt_flow_id", true),
+                        ("position", true),
+                        ("note", false),
+                    ],
+                ),
+                cfg(r#"[[tables]]
+                    name = "prompt_flow_steps"
+                    references = { prompt_flow_id = "prompt_flows" }"#),
+                vec![
+                    vec![Some("7"), Some("3"), Some("x")],
+                    vec![Some("7"), Some("4"), None],
+                ],
+            ),
+        ];
+        for (r, c, rows) in cases {
+            let m = TableMap::new(&r, &c, |_| "text".into()).unwrap();
+            for values in rows {
+                let line = copy_out(&values);
+                let mut fields = Vec::new();
+                copy_text::fields(&line, &mut fields);
+                let row = CopyLine {
+                    line: &line,
+                    fields: &fields,
+                };
+                let tuple = Tuple(values.iter().map(|v| v.map_or(PgValue::Null, t)).collect());
+                assert_eq!(row.tuple(), tuple);
+                let img = m.image(&rk, &tuple).unwrap();
+                let key = m.copy_key(&row).unwrap();
+                assert_eq!(key, img.legacy_key);
+                let mut got = Vec::new();
+                m.copy_line(&rk, &row, &key, &mut got).unwrap();
+                let want: Vec<Option<&str>> = img.values.iter().map(as_text).collect();
+                let mut want = copy_out(&want);
+                want.push(b'\n');
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&want),
+                    "{values:?}"
+                );
+            }
         }
     }
 

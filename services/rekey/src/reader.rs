@@ -37,7 +37,7 @@ use crate::backfill::{self, ChunkMsg};
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::{self, Op, PG_EPOCH_OFFSET_MICROS};
-use crate::mapping::{value_size, TableMap};
+use crate::mapping::{value_size, CopyLine, TableMap};
 use crate::pgoutput::{self, Message};
 use crate::rekey::Rekeyer;
 use crate::watermark::{ChunkRows, Fate, Watermarks, Window};
@@ -448,6 +448,9 @@ struct OpenTxn {
     bytes: usize,
     /// Set when this is a backfill high-watermark transaction.
     backfill: Option<event::BackfillProgress>,
+    /// Backfill rows as lines of `COPY` text, besides `changes` (see
+    /// [`event::CopyRows`]).
+    copy: Option<event::CopyRows>,
 }
 
 struct StreamState<'a> {
@@ -512,6 +515,10 @@ impl Pack {
         for c in &mut txn.changes {
             c.table = shared[c.table as usize];
         }
+        if let Some(copy) = &mut txn.copy {
+            copy.table = shared[copy.table as usize];
+            self.changes += copy.rows as usize;
+        }
         self.changes += txn.changes.len();
         self.bytes += bytes;
         self.transactions.push(txn);
@@ -554,6 +561,7 @@ impl StreamState<'_> {
                     changes: Vec::new(),
                     bytes: 0,
                     backfill: None,
+                    copy: None,
                 });
             }
             ReplicationEvent::XLogData { data, .. } => {
@@ -770,7 +778,9 @@ impl StreamState<'_> {
     }
 
     /// Publishes the chunk rows the stream did not supersede, inside the high
-    /// watermark's transaction (so at its position), with the chunk's progress.
+    /// watermark's transaction (so at its position), with the chunk's progress. Rows
+    /// published as selected travel as lines of `COPY` text ([`event::CopyRows`]);
+    /// overlaid ones as changes.
     async fn emit_chunk(&mut self, window: Window, chunk: ChunkRows) -> Result<(), Error> {
         let ChunkRows {
             rows,
@@ -779,26 +789,37 @@ impl StreamState<'_> {
         } = chunk;
         let table = window.table.clone();
         let map = &table.map;
-        let (mut copied, mut superseded) = (0u64, 0u64);
-        for tuple in rows {
-            let mut img = map.image(&self.rekeyer, &tuple)?;
-            match window.fate(&img.legacy_key) {
+        let (mut copied, mut superseded, mut lines) = (0u64, 0u64, 0u64);
+        let mut fields = Vec::with_capacity(16);
+        for line in &rows {
+            crate::copy_text::fields(line, &mut fields);
+            let row = CopyLine {
+                line,
+                fields: &fields,
+            };
+            let key = map.copy_key(&row)?;
+            match window.fate(&key) {
                 Fate::Superseded => {
                     superseded += 1;
                     continue;
                 }
                 Fate::Overlay(newer) => {
+                    let mut img = map.image(&self.rekeyer, &row.tuple())?;
                     for (v, n) in img.values.iter_mut().zip(newer) {
                         if let Some(n) = n {
                             *v = n.clone();
                         }
                     }
+                    self.push(map, Op::Backfill, img, None).await?;
                 }
-                Fate::Copy => {}
+                Fate::Copy => {
+                    self.push_line(map, &row, &key).await?;
+                    lines += 1;
+                }
             }
-            self.push(map, Op::Backfill, img, None).await?;
             copied += 1;
         }
+        metrics::counter!(telemetry::READER_EVENTS_READ, "table" => map.target_table.clone(), "op" => op_label(Op::Backfill)).increment(lines);
         let labels = [("table", map.target_table.clone())];
         metrics::counter!(telemetry::BACKFILL_ROWS, &labels).increment(copied);
         metrics::counter!(telemetry::BACKFILL_ROWS_SUPERSEDED, &labels).increment(superseded);
@@ -851,7 +872,45 @@ impl StreamState<'_> {
         });
         open.ordinal += 1;
         open.bytes += bytes;
-        if open.changes.len() >= self.config.source.chunk_max_changes
+        if open.changes.len() + open.copy.as_ref().map_or(0, |c| c.rows as usize)
+            >= self.config.source.chunk_max_changes
+            || open.bytes >= self.config.source.chunk_max_bytes
+        {
+            let mut open = self.open.take().expect("open");
+            self.publish(&mut open, false).await?;
+            self.open = Some(open);
+        }
+        Ok(())
+    }
+
+    /// Appends a backfill row to the open transaction's `COPY` lines (see
+    /// [`event::CopyRows`]), publishing a part when it is full, as [`Self::push`] does.
+    async fn push_line(
+        &mut self,
+        map: &TableMap,
+        row: &CopyLine<'_>,
+        legacy_key: &str,
+    ) -> Result<(), Error> {
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::Invariant("row change outside a transaction".into()))?;
+        let copy = match &mut open.copy {
+            Some(copy) => copy,
+            None => {
+                let table = index_of(&mut open.tables, map.shared_descriptor());
+                open.copy.insert(event::CopyRows {
+                    table,
+                    lines: Vec::with_capacity(self.config.source.chunk_max_bytes.min(1 << 20)),
+                    rows: 0,
+                })
+            }
+        };
+        let before = copy.lines.len();
+        map.copy_line(&self.rekeyer, row, legacy_key, &mut copy.lines)?;
+        copy.rows += 1;
+        open.bytes += copy.lines.len() - before;
+        if open.changes.len() + copy.rows as usize >= self.config.source.chunk_max_changes
             || open.bytes >= self.config.source.chunk_max_bytes
         {
             let mut open = self.open.take().expect("open");
@@ -872,6 +931,7 @@ impl StreamState<'_> {
             tables: Vec::new(),
             changes: std::mem::take(&mut open.changes),
             backfill: if last { open.backfill.take() } else { None },
+            copy: open.copy.take(),
         };
         open.bytes = 0;
         open.chunk_seq += 1;
@@ -884,11 +944,7 @@ impl StreamState<'_> {
             return Ok(());
         }
         let pack = std::mem::take(&mut self.pack);
-        let changes = pack
-            .transactions
-            .iter()
-            .map(|t| t.changes.len() as u64)
-            .sum();
+        let changes = pack.transactions.iter().map(event::Transaction::rows).sum();
         let tables = pack.tables.iter().map(|t| (**t).clone()).collect();
         self.send(pack.transactions, tables, changes, pack.confirm)
             .await
@@ -900,7 +956,7 @@ impl StreamState<'_> {
         self.flush_pack().await?;
         let (mut txn, tables) = Self::transaction(open, last);
         txn.tables = tables.iter().map(|t| (**t).clone()).collect();
-        let changes = txn.changes.len() as u64;
+        let changes = txn.rows();
         let confirm = last.then_some(open.position.end_lsn);
         self.send(vec![txn], Vec::new(), changes, confirm).await
     }

@@ -23,17 +23,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::backfill::{BackfillTable, ChunkMsg};
 use crate::error::Error;
 use crate::event::{self, value::Kind};
-use crate::pgoutput::Tuple;
 
-/// A chunk's rows as the backfill task selected them.
+/// A chunk's rows as the backfill task selected them: lines of `COPY`'s text format.
 #[derive(Debug)]
 pub struct ChunkRows {
-    pub rows: Vec<Tuple>,
+    pub rows: Vec<Bytes>,
     /// The key of the chunk's last row: where the next chunk starts.
     pub last_key: Vec<String>,
     /// The table's last chunk.

@@ -122,13 +122,11 @@ struct ChunkHead {
 
 /// Whether `txn` is (a part of) a backfill chunk: copied rows only, or only progress.
 fn is_backfill(txn: &event::Transaction) -> bool {
-    if txn.changes.is_empty() {
-        txn.backfill.is_some()
-    } else {
-        txn.changes
+    (txn.rows() > 0 || txn.backfill.is_some())
+        && txn
+            .changes
             .iter()
             .all(|c| c.op == event::Op::Backfill as i32)
-    }
 }
 
 /// Something done at most once per interval.
@@ -711,6 +709,8 @@ impl Session<'_> {
                     .await?;
                 continue;
             }
+            // Backfill rows not applied by the chunk pool are applied one by one.
+            crate::copy_text::expand(txn);
             if self.large.is_none() && txn.chunk_seq == 0 && txn.last && txn.backfill.is_none() {
                 group.push(txn);
                 self.applied(pos);
@@ -776,7 +776,9 @@ fn chunk_table<'a>(txn: &'a event::Transaction, shared: &'a [event::Table]) -> &
     let tables = txn.tables_in(shared);
     txn.changes
         .first()
-        .and_then(|c| tables.get(c.table as usize))
+        .map(|c| c.table)
+        .or(txn.copy.as_ref().map(|c| c.table))
+        .and_then(|t| tables.get(t as usize))
         .map(|t| t.target_table.as_str())
         .or_else(|| txn.backfill.as_ref().map(|b| b.target_table.as_str()))
         .unwrap_or("")
