@@ -77,6 +77,7 @@ impl Source {
         event::Batch {
             schema_version: event::MIN_SCHEMA_VERSION,
             tables: Vec::new(),
+            lz4: Vec::new(),
             transactions: vec![event::Transaction {
                 position: Some(event::SourcePosition {
                     commit_lsn: lsn,

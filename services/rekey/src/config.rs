@@ -134,6 +134,17 @@ pub struct SourceConfig {
     pub max_in_flight_bytes: usize,
     #[serde(default = "default_publish_linger")]
     pub publish_linger_ms: u64,
+    /// How the reader compresses the batches it publishes: `lz4` or `none` (see
+    /// `Batch.lz4` in the event schema).
+    #[serde(default = "default_compression")]
+    pub compression: String,
+}
+
+impl SourceConfig {
+    /// Whether published batches are compressed.
+    pub fn compress(&self) -> bool {
+        self.compression == "lz4"
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +310,9 @@ fn default_in_flight() -> usize {
 fn default_publish_linger() -> u64 {
     DEFAULT_PUBLISH_LINGER_MS
 }
+fn default_compression() -> String {
+    "lz4".into()
+}
 fn default_in_flight_bytes() -> usize {
     DEFAULT_MAX_IN_FLIGHT_BYTES
 }
@@ -455,6 +469,9 @@ impl Config {
                 "source.publish_linger_ms",
                 &format!("must be at most {MAX_PUBLISH_LINGER_MS} (a message waiting longer delays every change in it)"),
             );
+        }
+        if !matches!(self.source.compression.as_str(), "lz4" | "none") {
+            return bad("source.compression", "must be lz4 or none");
         }
         if needs_source && self.target.url.0.is_empty() {
             return bad(
@@ -629,6 +646,26 @@ mod tests {
         name = "prompt_labs"
         id = "id"
     "#;
+
+    #[test]
+    fn batches_are_compressed_unless_told_not_to_and_an_unknown_codec_is_named() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(c.source.compress());
+        let c = Config::parse(&format!("{MINIMAL}\n[source]\ncompression = \"none\"\n")).unwrap();
+        assert!(!c.source.compress());
+        let mut c =
+            Config::parse(&format!("{MINIMAL}\n[source]\ncompression = \"zstd\"\n")).unwrap();
+        c.apply_env(|k| match k {
+            "REKEY_SOURCE_URL" | "REKEY_TARGET_URL" => Some("postgres://x/y".to_string()),
+            "REKEY_ID_SECRET" => Some("0123456789abcdef0123".to_string()),
+            _ => None,
+        });
+        let err = c.validate(Role::Reader).unwrap_err().to_string();
+        assert!(
+            err.contains("source.compression") && err.contains("lz4 or none"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn an_unknown_toast_compression_is_named() {

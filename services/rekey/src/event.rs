@@ -27,5 +27,104 @@ impl Transaction {
     }
 }
 
+/// The largest uncompressed batch a writer accepts (see [`decode_batch`]): a guard
+/// against a corrupt size, far above any batch a reader writes.
+const MAX_BATCH_BYTES: usize = 1 << 30;
+
+/// A batch as published: its encoding, compressed with LZ4 into `Batch.lz4` when
+/// `compress`.
+pub fn encode_batch(batch: &Batch, compress: bool) -> Vec<u8> {
+    use prost::Message as _;
+    let plain = batch.encode_to_vec();
+    if !compress {
+        return plain;
+    }
+    Batch {
+        schema_version: batch.schema_version,
+        lz4: lz4_flex::block::compress_prepend_size(&plain),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// A published batch, decompressed if it was compressed; the error says what is wrong
+/// with the payload.
+pub fn decode_batch(payload: &[u8]) -> Result<Batch, String> {
+    use prost::Message as _;
+    let batch = Batch::decode(payload).map_err(|e| format!("not a rekey batch: {e}"))?;
+    if batch.lz4.is_empty() {
+        return Ok(batch);
+    }
+    let size = batch
+        .lz4
+        .get(..4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+    if size.is_none_or(|n| n > MAX_BATCH_BYTES) {
+        return Err(format!(
+            "a compressed rekey batch claims {} bytes (at most {MAX_BATCH_BYTES})",
+            size.unwrap_or(0)
+        ));
+    }
+    let plain = lz4_flex::block::decompress_size_prepended(&batch.lz4)
+        .map_err(|e| format!("a compressed rekey batch does not decompress: {e}"))?;
+    let inner = Batch::decode(&plain[..]).map_err(|e| format!("not a rekey batch: {e}"))?;
+    if !inner.lz4.is_empty() {
+        return Err("a compressed rekey batch inside another".into());
+    }
+    Ok(inner)
+}
+
 /// PostgreSQL timestamps count from 2000-01-01; events carry Unix microseconds.
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    fn batch() -> Batch {
+        Batch {
+            schema_version: SCHEMA_VERSION,
+            transactions: vec![Transaction {
+                copy: Some(CopyRows {
+                    table: 0,
+                    lines: b"u1\t1\tsome text that repeats, some text that repeats\n".repeat(50),
+                    rows: 50,
+                }),
+                ..Default::default()
+            }],
+            tables: vec![Table {
+                target_table: "public.t".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_decodes_to_itself_compressed_or_not() {
+        let b = batch();
+        let plain = encode_batch(&b, false);
+        let small = encode_batch(&b, true);
+        assert!(
+            small.len() * 5 < plain.len(),
+            "{} vs {}",
+            small.len(),
+            plain.len()
+        );
+        assert_eq!(decode_batch(&plain).unwrap(), b);
+        assert_eq!(decode_batch(&small).unwrap(), b);
+    }
+
+    #[test]
+    fn a_corrupt_compressed_batch_is_an_error_not_a_batch() {
+        let mut small = Batch::decode(&encode_batch(&batch(), true)[..]).unwrap();
+        let n = small.lz4.len();
+        small.lz4.truncate(n - 3);
+        let err = decode_batch(&small.encode_to_vec()).unwrap_err();
+        assert!(err.contains("does not decompress"), "{err}");
+        small.lz4 = vec![0xff, 0xff, 0xff, 0x7f, 0];
+        let err = decode_batch(&small.encode_to_vec()).unwrap_err();
+        assert!(err.contains("claims"), "{err}");
+    }
+}

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
-use prost::Message as _;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -976,8 +975,9 @@ impl StreamState<'_> {
             schema_version: event::SCHEMA_VERSION,
             transactions,
             tables,
+            lz4: Vec::new(),
         };
-        let payload = batch.encode_to_vec();
+        let payload = event::encode_batch(&batch, self.config.source.compress());
         let share = payload.len().min(self.config.source.max_in_flight_bytes);
         let bytes = self
             .unacked_bytes

@@ -29,7 +29,6 @@
 
 use std::time::Duration;
 
-use prost::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -679,8 +678,7 @@ impl Session<'_> {
             offset,
             reason,
         };
-        let mut batch = event::Batch::decode(msg.payload().unwrap_or_default())
-            .map_err(|e| poison(format!("not a rekey batch: {e}")))?;
+        let mut batch = event::decode_batch(msg.payload().unwrap_or_default()).map_err(poison)?;
         if !(event::MIN_SCHEMA_VERSION..=event::SCHEMA_VERSION).contains(&batch.schema_version) {
             return Err(poison(format!(
                 "schema version {} (this writer understands {} to {}): upgrade the writer",
