@@ -311,7 +311,7 @@ fn default_publish_linger() -> u64 {
     DEFAULT_PUBLISH_LINGER_MS
 }
 fn default_compression() -> String {
-    "lz4".into()
+    "none".into()
 }
 fn default_in_flight_bytes() -> usize {
     DEFAULT_MAX_IN_FLIGHT_BYTES
@@ -648,11 +648,11 @@ mod tests {
     "#;
 
     #[test]
-    fn batches_are_compressed_unless_told_not_to_and_an_unknown_codec_is_named() {
+    fn batches_are_compressed_only_when_asked_and_an_unknown_codec_is_named() {
         let c = Config::parse(MINIMAL).unwrap();
-        assert!(c.source.compress());
-        let c = Config::parse(&format!("{MINIMAL}\n[source]\ncompression = \"none\"\n")).unwrap();
         assert!(!c.source.compress());
+        let c = Config::parse(&format!("{MINIMAL}\n[source]\ncompression = \"lz4\"\n")).unwrap();
+        assert!(c.source.compress());
         let mut c =
             Config::parse(&format!("{MINIMAL}\n[source]\ncompression = \"zstd\"\n")).unwrap();
         c.apply_env(|k| match k {
