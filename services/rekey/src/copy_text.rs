@@ -183,21 +183,23 @@ pub const NULL: &[u8] = b"\\N";
 pub fn fields(line: &[u8], out: &mut Vec<Range<usize>>) {
     out.clear();
     let mut start = 0;
-    for (i, &b) in line.iter().enumerate() {
-        if b == b'\t' {
-            out.push(start..i);
-            start = i + 1;
-        }
+    for i in memchr::memchr_iter(b'\t', line) {
+        out.push(start..i);
+        start = i + 1;
     }
     out.push(start..line.len());
 }
 
 /// The lines of a block of `COPY` text, each without its newline.
 pub fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let block = block.strip_suffix(b"\n").unwrap_or(block);
-    block
-        .split(|&b| b == b'\n')
-        .filter(move |_| !block.is_empty())
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', block)
+        .chain((!block.ends_with(b"\n") && !block.is_empty()).then_some(block.len()))
+        .map(move |end| {
+            let line = &block[start..end];
+            start = end + 1;
+            line
+        })
 }
 
 /// One field's value: `None` for NULL, else its bytes with the backslash escapes of
@@ -292,9 +294,11 @@ pub fn expand(txn: &mut event::Transaction) {
 /// The integer in field `at` of every line of `block`, in order; `None` if a line has
 /// no such field or it is not an integer.
 pub fn field_ids(block: &[u8], at: usize) -> Option<Vec<i64>> {
+    let mut ranges = Vec::new();
     lines(block)
         .map(|line| {
-            let field = line.split(|&b| b == b'\t').nth(at)?;
+            fields(line, &mut ranges);
+            let field = &line[ranges.get(at)?.clone()];
             std::str::from_utf8(field).ok()?.parse().ok()
         })
         .collect()
@@ -318,12 +322,19 @@ pub async fn load_lines(
         suffix.push_str("\t\\N");
     }
     suffix.push('\n');
-    let mut data = Vec::with_capacity(block.len() + 32 * 1024);
     let mut skip = skip.iter().peekable();
     let mut rows = 0u64;
+    let mut pieces = Vec::new();
+    let mut data = Vec::new();
     for (i, line) in lines(block).enumerate() {
         if skip.next_if(|&&s| s == i).is_some() {
             continue;
+        }
+        if data.len() + line.len() + suffix.len() > COPY_PIECE && !data.is_empty() {
+            pieces.push(Bytes::from(std::mem::take(&mut data)));
+        }
+        if data.is_empty() {
+            data.reserve(COPY_PIECE);
         }
         data.extend_from_slice(line);
         data.extend_from_slice(suffix.as_bytes());
@@ -332,8 +343,9 @@ pub async fn load_lines(
     if rows == 0 {
         return Ok(0);
     }
+    pieces.push(Bytes::from(data));
     let sql = copy_sql(table, sql_name, soft_delete);
-    let loaded = copy_in(client, &sql, data, &table.target_table).await?;
+    let loaded = copy_pieces(client, &sql, pieces, &table.target_table).await?;
     if loaded != rows {
         return Err(Error::Invariant(format!(
             "COPY into {} loaded {loaded} rows of {rows}",
@@ -343,17 +355,35 @@ pub async fn load_lines(
     Ok(loaded)
 }
 
+/// How much `COPY` data [`load_lines`] gathers per message to the server: pieces of
+/// this size come from the allocator's free lists, where one buffer the size of a
+/// whole part (hundreds of KiB) is fresh memory for the kernel to zero every time.
+const COPY_PIECE: usize = 64 * 1024;
+
 /// Runs `sql` (a `COPY … FROM STDIN`) with `data`; returns the number of rows loaded.
 async fn copy_in(client: &Client, sql: &str, data: Vec<u8>, table: &str) -> Result<u64, Error> {
+    copy_pieces(client, sql, vec![Bytes::from(data)], table).await
+}
+
+/// Runs `sql` (a `COPY … FROM STDIN`) with the data in `pieces`, in order; returns the
+/// number of rows loaded.
+async fn copy_pieces(
+    client: &Client,
+    sql: &str,
+    pieces: Vec<Bytes>,
+    table: &str,
+) -> Result<u64, Error> {
     let context = || format!("copying rows into {table}");
     let sink = client
         .copy_in::<_, Bytes>(sql)
         .await
         .map_err(Error::target_db(context()))?;
     futures::pin_mut!(sink);
-    sink.send(Bytes::from(data))
-        .await
-        .map_err(Error::target_db(context()))?;
+    for piece in pieces {
+        sink.feed(piece)
+            .await
+            .map_err(Error::target_db(context()))?;
+    }
     sink.finish().await.map_err(Error::target_db(context()))
 }
 

@@ -31,20 +31,25 @@ impl Transaction {
 /// against a corrupt size, far above any batch a reader writes.
 const MAX_BATCH_BYTES: usize = 1 << 30;
 
-/// A batch as published: its encoding, compressed with LZ4 into `Batch.lz4` when
-/// `compress`.
-pub fn encode_batch(batch: &Batch, compress: bool) -> Vec<u8> {
+/// A batch as published, into `out` (emptied first, its allocation reused): its
+/// encoding, compressed with LZ4 into `Batch.lz4` when `compress`.
+pub fn encode_batch(batch: &Batch, compress: bool, out: &mut Vec<u8>) {
     use prost::Message as _;
-    let plain = batch.encode_to_vec();
+    out.clear();
     if !compress {
-        return plain;
+        out.reserve(batch.encoded_len());
+        batch
+            .encode(out)
+            .expect("a Vec grows to what the encoding needs");
+        return;
     }
     Batch {
         schema_version: batch.schema_version,
-        lz4: lz4_flex::block::compress_prepend_size(&plain),
+        lz4: lz4_flex::block::compress_prepend_size(&batch.encode_to_vec()),
         ..Default::default()
     }
-    .encode_to_vec()
+    .encode(out)
+    .expect("a Vec grows to what the encoding needs");
 }
 
 /// A published batch, decompressed if it was compressed; the error says what is wrong
@@ -104,8 +109,9 @@ mod tests {
     #[test]
     fn a_batch_decodes_to_itself_compressed_or_not() {
         let b = batch();
-        let plain = encode_batch(&b, false);
-        let small = encode_batch(&b, true);
+        let (mut plain, mut small) = (Vec::new(), vec![1, 2, 3]);
+        encode_batch(&b, false, &mut plain);
+        encode_batch(&b, true, &mut small);
         assert!(
             small.len() * 5 < plain.len(),
             "{} vs {}",
@@ -118,7 +124,9 @@ mod tests {
 
     #[test]
     fn a_corrupt_compressed_batch_is_an_error_not_a_batch() {
-        let mut small = Batch::decode(&encode_batch(&batch(), true)[..]).unwrap();
+        let mut encoded = Vec::new();
+        encode_batch(&batch(), true, &mut encoded);
+        let mut small = Batch::decode(&encoded[..]).unwrap();
         let n = small.lz4.len();
         small.lz4.truncate(n - 3);
         let err = decode_batch(&small.encode_to_vec()).unwrap_err();

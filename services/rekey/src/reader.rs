@@ -261,6 +261,8 @@ async fn stream(
         cutover_lsn,
         status_client: Arc::new(status_client),
         pack: Pack::default(),
+        payload: Vec::new(),
+        spare_lines: Vec::new(),
     };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(
         config.source.heartbeat_interval_secs.max(1),
@@ -470,6 +472,10 @@ struct StreamState<'a> {
     status_client: Arc<tokio_postgres::Client>,
     /// Small transactions waiting to share one message.
     pack: Pack,
+    /// The last message's encoding: its allocation is reused.
+    payload: Vec<u8>,
+    /// Emptied `CopyRows.lines` of published messages, reused.
+    spare_lines: Vec<Vec<u8>>,
 }
 
 /// The index of `table` in `tables`, added if absent. Tables are told apart by
@@ -898,9 +904,12 @@ impl StreamState<'_> {
             Some(copy) => copy,
             None => {
                 let table = index_of(&mut open.tables, map.shared_descriptor());
+                let lines = self.spare_lines.pop().unwrap_or_else(|| {
+                    Vec::with_capacity(self.config.source.chunk_max_bytes.min(1 << 20))
+                });
                 open.copy.insert(event::CopyRows {
                     table,
-                    lines: Vec::with_capacity(self.config.source.chunk_max_bytes.min(1 << 20)),
+                    lines,
                     rows: 0,
                 })
             }
@@ -977,7 +986,18 @@ impl StreamState<'_> {
             tables,
             lz4: Vec::new(),
         };
-        let payload = event::encode_batch(&batch, self.config.source.compress());
+        // Both buffers are reused: allocated afresh for every message, their pages
+        // were the reader's largest cost in a backfill (the kernel zeroing them).
+        let mut payload = std::mem::take(&mut self.payload);
+        event::encode_batch(&batch, self.config.source.compress(), &mut payload);
+        for t in batch.transactions {
+            if let Some(mut c) = t.copy.map(|c| c.lines) {
+                if self.spare_lines.len() < 2 {
+                    c.clear();
+                    self.spare_lines.push(c);
+                }
+            }
+        }
         let share = payload.len().min(self.config.source.max_in_flight_bytes);
         let bytes = self
             .unacked_bytes
@@ -1002,11 +1022,13 @@ impl StreamState<'_> {
                 Err((e, _)) => return Err(Error::kafka("queueing a batch")(e)),
             }
         };
+        let len = payload.len() as u64;
+        self.payload = payload;
         self.enqueue(InFlight {
             delivery: Some(delivery),
             _bytes: Some(bytes),
             changes,
-            bytes: payload.len() as u64,
+            bytes: len,
             confirm,
         })
         .await
