@@ -400,11 +400,7 @@ impl Applier {
         let probe = self
             .prepared(
                 client,
-                format!(
-                    "SELECT {id}::int8 FROM {} WHERE {id} = ANY($1::int8[])",
-                    c.sql_name,
-                    id = quote_ident(crate::mapping::LEGACY_ID)
-                ),
+                crate::copy_text::probe_sql(&c.sql_name),
                 &c.table.target_table,
             )
             .await?;

@@ -35,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use tokio_postgres::Client;
 
 use crate::apply::Applier;
-use crate::config::quote_ident;
 use crate::copy_text;
 use crate::error::Error;
 use crate::event::{self, Op};
@@ -235,12 +234,8 @@ async fn present(
     table: &event::Table,
     keys: &[i64],
 ) -> Result<HashSet<i64>, Error> {
-    let sql = format!(
-        "SELECT {id}::int8 FROM {sql_name} WHERE {id} = ANY($1::int8[])",
-        id = quote_ident(LEGACY_ID)
-    );
     Ok(client
-        .query(&sql, &[&keys])
+        .query(&copy_text::probe_sql(sql_name), &[&keys])
         .await
         .map_err(Error::target_db(format!(
             "finding which of {} backfill rows {} has already",

@@ -360,6 +360,15 @@ pub async fn load_lines(
 /// whole part (hundreds of KiB) is fresh memory for the kernel to zero every time.
 const COPY_PIECE: usize = 64 * 1024;
 
+/// The query that finds which of the `legacy_id`s in its parameter (`int8[]`) the
+/// target table `sql_name` has already: the probe before a `COPY` of new rows.
+pub fn probe_sql(sql_name: &str) -> String {
+    format!(
+        "SELECT {id}::int8 FROM {sql_name} WHERE {id} = ANY($1::int8[])",
+        id = quote_ident(crate::mapping::LEGACY_ID)
+    )
+}
+
 /// Runs `sql` (a `COPY … FROM STDIN`) with `data`; returns the number of rows loaded.
 async fn copy_in(client: &Client, sql: &str, data: Vec<u8>, table: &str) -> Result<u64, Error> {
     copy_pieces(client, sql, vec![Bytes::from(data)], table).await

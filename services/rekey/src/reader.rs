@@ -877,8 +877,17 @@ impl StreamState<'_> {
         });
         open.ordinal += 1;
         open.bytes += bytes;
-        if open.changes.len() + open.copy.as_ref().map_or(0, |c| c.rows as usize)
-            >= self.config.source.chunk_max_changes
+        self.publish_if_full().await
+    }
+
+    /// Publishes what the open transaction holds as a part of its own once it reaches
+    /// `source.chunk_max_changes` rows or `source.chunk_max_bytes`.
+    async fn publish_if_full(&mut self) -> Result<(), Error> {
+        let Some(open) = &self.open else {
+            return Ok(());
+        };
+        let rows = open.changes.len() + open.copy.as_ref().map_or(0, |c| c.rows as usize);
+        if rows >= self.config.source.chunk_max_changes
             || open.bytes >= self.config.source.chunk_max_bytes
         {
             let mut open = self.open.take().expect("open");
@@ -918,14 +927,7 @@ impl StreamState<'_> {
         map.copy_line(&self.rekeyer, row, legacy_key, &mut copy.lines)?;
         copy.rows += 1;
         open.bytes += copy.lines.len() - before;
-        if open.changes.len() + copy.rows as usize >= self.config.source.chunk_max_changes
-            || open.bytes >= self.config.source.chunk_max_bytes
-        {
-            let mut open = self.open.take().expect("open");
-            self.publish(&mut open, false).await?;
-            self.open = Some(open);
-        }
-        Ok(())
+        self.publish_if_full().await
     }
 
     /// Takes the open transaction's pending changes as one (chunk of a) transaction,
