@@ -313,3 +313,72 @@ async fn a_large_run_of_new_rows_is_copied_and_rows_the_target_has_are_upserted(
         "the writer is still running"
     );
 }
+
+/// An upgrade done in the wrong order: a reader newer than the writer publishes a batch
+/// of a schema version the writer does not know (version 3 added backfill rows as
+/// `COPY` lines, which a writer of 2 would silently drop). The writer stops with one line
+/// saying to upgrade it, having applied nothing of that batch; started again (still not
+/// upgraded), it stops at the same batch rather than skip it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_of_a_newer_schema_stops_the_writer_and_applies_nothing_of_it() {
+    let mut p = Pipeline::new().await;
+    p.start_writer();
+    let topic = p.config().kafka.topic.clone();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", p.broker.bootstrap())
+        .create()
+        .expect("producer");
+    let s = Source;
+    send(
+        &producer,
+        &topic,
+        vec![s.txn(100, 0, true, vec![s.change(Op::Insert, 1, "one")])],
+    )
+    .await;
+    wait_until(
+        "transaction 100 applied",
+        Duration::from_secs(30),
+        || async { consistent_lsn(&p).await == 100 },
+    )
+    .await;
+    let mut newer =
+        event::Batch::decode(&s.txn(200, 0, true, vec![s.change(Op::Insert, 2, "two")])[..])
+            .expect("a batch");
+    newer.schema_version = event::SCHEMA_VERSION + 1;
+    send(&producer, &topic, vec![newer.encode_to_vec()]).await;
+    let writer = p.writer.as_mut().unwrap();
+    let status = writer
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the writer stops");
+    assert!(!status.success(), "it stops with a failure");
+    let output = writer.output();
+    let reason = output
+        .lines()
+        .find(|l| l.contains("upgrade the writer"))
+        .unwrap_or_else(|| panic!("one line says to upgrade the writer:\n{output}"));
+    assert!(
+        reason.contains(&format!("schema version {}", event::SCHEMA_VERSION + 1)),
+        "{reason}"
+    );
+    assert_eq!(
+        labs(&p).await,
+        "1:one:false",
+        "nothing of the batch applied"
+    );
+    assert_eq!(consistent_lsn(&p).await, 100);
+    p.start_writer();
+    let writer = p.writer.as_mut().unwrap();
+    let again = writer
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the restarted writer stops at the same batch");
+    assert!(!again.success());
+    assert!(
+        writer.output().contains("upgrade the writer"),
+        "{}",
+        writer.output()
+    );
+    assert_eq!(labs(&p).await, "1:one:false");
+    assert_eq!(consistent_lsn(&p).await, 100);
+}
