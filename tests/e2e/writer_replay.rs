@@ -133,15 +133,30 @@ async fn consistent_lsn(p: &Pipeline) -> i64 {
     }
 }
 
+/// A producer to the pipeline's broker, for hand-made batches.
+fn producer(p: &Pipeline) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", p.broker.bootstrap())
+        .create()
+        .expect("producer")
+}
+
+/// Waits until the writer's checkpoint is at the source transaction `lsn`.
+async fn applied(p: &Pipeline, lsn: i64) {
+    wait_until(
+        &format!("transaction {lsn} applied"),
+        Duration::from_secs(30),
+        || async { consistent_lsn(p).await == lsn },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicates_partial_copies_and_stale_replays_apply_once() {
     let mut p = Pipeline::new().await;
     p.start_writer();
     let topic = p.config().kafka.topic.clone();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", p.broker.bootstrap())
-        .create()
-        .expect("producer");
+    let producer = producer(&p);
     let s = Source;
     use Op::*;
     send(
@@ -176,12 +191,7 @@ async fn duplicates_partial_copies_and_stale_replays_apply_once() {
         ],
     )
     .await;
-    wait_until(
-        "transaction 200 applied",
-        Duration::from_secs(30),
-        || async { consistent_lsn(&p).await == 200 },
-    )
-    .await;
+    applied(&p, 200).await;
     assert_eq!(
         labs(&p).await,
         "1:one:false 2:two v2:false 3:three:false 4:four:false 9:nine:false"
@@ -216,12 +226,7 @@ async fn duplicates_partial_copies_and_stale_replays_apply_once() {
     )
     .await;
     p.start_writer();
-    wait_until(
-        "transaction 300 applied",
-        Duration::from_secs(30),
-        || async { consistent_lsn(&p).await == 300 },
-    )
-    .await;
+    applied(&p, 300).await;
     // Let the stale copies reach the writer too.
     send(
         &producer,
@@ -229,12 +234,7 @@ async fn duplicates_partial_copies_and_stale_replays_apply_once() {
         vec![s.txn(400, 0, true, vec![s.change(Insert, 5, "five")])],
     )
     .await;
-    wait_until(
-        "transaction 400 applied",
-        Duration::from_secs(30),
-        || async { consistent_lsn(&p).await == 400 },
-    )
-    .await;
+    applied(&p, 400).await;
     assert_eq!(
         labs(&p).await,
         "1:one:true 2:two v2:false 3:three:false 4:four:false 5:five:false 9:nine v3:false"
@@ -259,10 +259,7 @@ async fn a_large_run_of_new_rows_is_copied_and_rows_the_target_has_are_upserted(
     let mut p = Pipeline::new().await;
     p.start_writer();
     let topic = p.config().kafka.topic.clone();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", p.broker.bootstrap())
-        .create()
-        .expect("producer");
+    let producer = producer(&p);
     let s = Source;
     use Op::*;
     let awkward = |k: i64| match k % 4 {
@@ -275,12 +272,7 @@ async fn a_large_run_of_new_rows_is_copied_and_rows_the_target_has_are_upserted(
         .map(|k| s.change(Insert, k, &awkward(k)))
         .collect();
     send(&producer, &topic, vec![s.txn(100, 0, true, first)]).await;
-    wait_until(
-        "transaction 100 applied",
-        Duration::from_secs(30),
-        || async { consistent_lsn(&p).await == 100 },
-    )
-    .await;
+    applied(&p, 100).await;
     let expected = |keys: std::ops::RangeInclusive<i64>, name: &dyn Fn(i64) -> String| {
         keys.map(|k| format!("{k}:{}:false", name(k)))
             .collect::<Vec<_>>()
@@ -297,12 +289,7 @@ async fn a_large_run_of_new_rows_is_copied_and_rows_the_target_has_are_upserted(
     let again = |k: i64| format!("again\t{k}");
     let second: Vec<event::Change> = (1..=200).map(|k| s.change(Insert, k, &again(k))).collect();
     send(&producer, &topic, vec![s.txn(300, 0, true, second)]).await;
-    wait_until(
-        "transaction 300 applied",
-        Duration::from_secs(30),
-        || async { consistent_lsn(&p).await == 300 },
-    )
-    .await;
+    applied(&p, 300).await;
     assert_eq!(labs(&p).await, expected(1..=200, &again));
     let versions = p
         .target_value("SELECT string_agg(DISTINCT row_version::text, ',') FROM prompt_labs")
@@ -324,10 +311,7 @@ async fn a_batch_of_a_newer_schema_stops_the_writer_and_applies_nothing_of_it() 
     let mut p = Pipeline::new().await;
     p.start_writer();
     let topic = p.config().kafka.topic.clone();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", p.broker.bootstrap())
-        .create()
-        .expect("producer");
+    let producer = producer(&p);
     let s = Source;
     send(
         &producer,
@@ -335,12 +319,7 @@ async fn a_batch_of_a_newer_schema_stops_the_writer_and_applies_nothing_of_it() 
         vec![s.txn(100, 0, true, vec![s.change(Op::Insert, 1, "one")])],
     )
     .await;
-    wait_until(
-        "transaction 100 applied",
-        Duration::from_secs(30),
-        || async { consistent_lsn(&p).await == 100 },
-    )
-    .await;
+    applied(&p, 100).await;
     let mut newer =
         event::Batch::decode(&s.txn(200, 0, true, vec![s.change(Op::Insert, 2, "two")])[..])
             .expect("a batch");
