@@ -39,7 +39,7 @@ use crate::copy_text;
 use crate::error::Error;
 use crate::event::{self, Op};
 use crate::mapping::LEGACY_ID;
-use crate::target::Catalog;
+use crate::target::{Catalog, TargetTable};
 
 /// Applies backfill chunk parts on one connection, under its claims.
 pub struct ChunkCopy {
@@ -157,7 +157,7 @@ impl ChunkCopy {
             .copy
             .take()
             .and_then(|copy| match loadable(&self.catalog, &part, &copy) {
-                Some(keys) => Some((copy, keys)),
+                Some((keys, target)) => Some((copy, keys, target)),
                 None => {
                     part.copy = Some(copy);
                     copy_text::expand(&mut part);
@@ -165,19 +165,19 @@ impl ChunkCopy {
                 }
             });
         let changes = match (&lines, part.changes.first()) {
-            (_, None) => lines.as_ref().map(|(copy, _)| (copy.table, Vec::new())),
-            (Some((copy, _)), Some(c)) if c.table != copy.table => None,
+            (_, None) => lines.as_ref().map(|(copy, ..)| (copy.table, Vec::new())),
+            (Some((copy, ..)), Some(c)) if c.table != copy.table => None,
             _ => copyable(&self.catalog, &part).map(|c| (c.at, c.keys)),
         };
         let Some((at, mut keys)) = changes else {
-            if let Some((copy, _)) = lines {
+            if let Some((copy, ..)) = lines {
                 part.copy = Some(copy);
                 copy_text::expand(&mut part);
             }
             return applier.upsert_all(client, &[&part], &[]).await;
         };
         let table = &part.tables[at as usize];
-        if let Some((_, line_keys)) = &lines {
+        if let Some((_, line_keys, _)) = &lines {
             keys.extend_from_slice(line_keys);
         }
         let (Some(&lo), Some(&hi)) = (keys.iter().min(), keys.iter().max()) else {
@@ -187,25 +187,15 @@ impl ChunkCopy {
             .claim(self.owner, &table.target_table, lo, hi)
             .await;
         let mut applied = 0;
-        if let Some((copy, keys)) = lines {
-            let target = self.catalog.get(&table.target_table).ok_or_else(|| {
-                Error::Setup(format!(
-                    "events name target table {} which is not in [[tables]]",
-                    table.target_table
-                ))
-            })?;
+        if let Some((copy, keys, target)) = lines {
             let present = present(client, &target.sql_name, table, &keys).await?;
             let mut skip = Vec::new();
             let mut ranges = Vec::new();
             for (i, line) in copy_text::lines(&copy.lines).enumerate() {
                 if present.contains(&keys[i]) {
                     skip.push(i);
-                    part.changes.push(event::Change {
-                        table: copy.table,
-                        op: Op::Backfill as i32,
-                        row: copy_text::values(line, &mut ranges),
-                        ..Default::default()
-                    });
+                    part.changes
+                        .push(copy_text::backfill_change(copy.table, line, &mut ranges));
                 }
             }
             let version = part.position.map_or(0, |p| p.commit_lsn) as i64;
@@ -247,24 +237,24 @@ async fn present(
         .collect())
 }
 
-/// The legacy ids of `copy`'s lines, in order, where they can be loaded with `COPY`:
-/// their target keeps a unique `legacy_id`, and every key is an integer; `None` where
-/// every row must take the upsert.
-fn loadable(
-    catalog: &Catalog,
+/// The legacy ids of `copy`'s lines, in order, and their target, where they can be
+/// loaded with `COPY`: the target keeps a unique `legacy_id`, and every key is an
+/// integer; `None` where every row must take the upsert.
+fn loadable<'a>(
+    catalog: &'a Catalog,
     part: &event::Transaction,
     copy: &event::CopyRows,
-) -> Option<Vec<i64>> {
-    let at = legacy_id_column(catalog, part, copy.table)?;
+) -> Option<(Vec<i64>, &'a TargetTable)> {
+    let (at, target) = legacy_id_column(catalog, part, copy.table)?;
     let keys = copy_text::field_ids(&copy.lines, at)?;
-    (keys.len() == copy.rows as usize).then_some(keys)
+    (keys.len() == copy.rows as usize).then_some((keys, target))
 }
 
 /// What `COPY` needs to load `part`'s changes, or `None` where every row must take the
 /// upsert.
 fn copyable(catalog: &Catalog, part: &event::Transaction) -> Option<Copyable> {
     let at = part.changes.first()?.table;
-    let column = legacy_id_column(catalog, part, at)?;
+    let (column, _) = legacy_id_column(catalog, part, at)?;
     if part
         .changes
         .iter()
@@ -276,14 +266,20 @@ fn copyable(catalog: &Catalog, part: &event::Transaction) -> Option<Copyable> {
     Some(Copyable { at, keys })
 }
 
-/// The index of `legacy_id` among the columns of the part's table `at`, where its
-/// target keeps `legacy_id` unique.
-fn legacy_id_column(catalog: &Catalog, part: &event::Transaction, at: u32) -> Option<usize> {
+/// The index of `legacy_id` among the columns of the part's table `at`, and that
+/// table's target, where the target keeps `legacy_id` unique.
+fn legacy_id_column<'a>(
+    catalog: &'a Catalog,
+    part: &event::Transaction,
+    at: u32,
+) -> Option<(usize, &'a TargetTable)> {
     let table = part.tables.get(at as usize)?;
-    if !catalog.get(&table.target_table)?.legacy_id_unique {
+    let target = catalog.get(&table.target_table)?;
+    if !target.legacy_id_unique {
         return None;
     }
-    table.columns.iter().position(|c| c.name == LEGACY_ID)
+    let column = table.columns.iter().position(|c| c.name == LEGACY_ID)?;
+    Some((column, target))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! where a row is needed as values after all (an overlay, a row the target has).
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -61,7 +61,6 @@ fn encode(
             .sum()
     });
     let mut out = Vec::with_capacity((width + 24) * rows.len());
-    let mut version = String::with_capacity(20);
     for (row, &v) in rows.iter().zip(versions) {
         if row.len() != table.columns.len() {
             return Err(Error::Invariant(format!(
@@ -84,15 +83,20 @@ fn encode(
             }
             out.push(b'\t');
         }
-        version.clear();
-        write!(version, "{v}").expect("writing to a String");
-        out.extend_from_slice(version.as_bytes());
-        if soft_delete {
-            out.extend_from_slice(b"\t\\N");
-        }
-        out.push(b'\n');
+        push_row_end(&mut out, v, soft_delete);
     }
     Ok(out)
+}
+
+/// Appends what ends every copied row after its event columns and a tab: its
+/// `row_version`, a NULL `deleted_at` for soft-deleting tables (a copied row is live),
+/// and the newline.
+fn push_row_end(out: &mut Vec<u8>, version: i64, soft_delete: bool) {
+    write!(out, "{version}").expect("writing to a Vec");
+    if soft_delete {
+        out.extend_from_slice(b"\t\\N");
+    }
+    out.push(b'\n');
 }
 
 /// Appends `s` as one field of `COPY`'s text format: backslash, tab, newline and
@@ -150,16 +154,15 @@ pub async fn load(
     rows: &[&[event::Value]],
 ) -> Result<u64, Error> {
     let data = encode(table, soft_delete, versions, rows)?;
-    let sql = copy_sql(table, sql_name, soft_delete);
-    let loaded = copy_in(client, &sql, data, &table.target_table).await?;
-    if loaded != rows.len() as u64 {
-        return Err(Error::Invariant(format!(
-            "COPY into {} loaded {loaded} rows of {}",
-            table.target_table,
-            rows.len()
-        )));
-    }
-    Ok(loaded)
+    copy_rows(
+        client,
+        table,
+        sql_name,
+        soft_delete,
+        vec![Bytes::from(data)],
+        rows.len() as u64,
+    )
+    .await
 }
 
 /// The integer legacy keys of `rows`, from their column `at`; `None` if one is not an
@@ -282,12 +285,18 @@ pub fn expand(txn: &mut event::Transaction) {
     let mut ranges = Vec::new();
     txn.changes.reserve(copy.rows as usize);
     for line in lines(&copy.lines) {
-        txn.changes.push(event::Change {
-            table: copy.table,
-            op: event::Op::Backfill as i32,
-            row: values(line, &mut ranges),
-            ..Default::default()
-        });
+        txn.changes
+            .push(backfill_change(copy.table, line, &mut ranges));
+    }
+}
+
+/// The backfill change of one line of a `CopyRows` of the table at index `table`.
+pub fn backfill_change(table: u32, line: &[u8], ranges: &mut Vec<Range<usize>>) -> event::Change {
+    event::Change {
+        table,
+        op: event::Op::Backfill as i32,
+        row: values(line, ranges),
+        ..Default::default()
     }
 }
 
@@ -317,11 +326,8 @@ pub async fn load_lines(
     block: &[u8],
     skip: &[usize],
 ) -> Result<u64, Error> {
-    let mut suffix = format!("\t{version}");
-    if soft_delete {
-        suffix.push_str("\t\\N");
-    }
-    suffix.push('\n');
+    let mut suffix = vec![b'\t'];
+    push_row_end(&mut suffix, version, soft_delete);
     let mut skip = skip.iter().peekable();
     let mut rows = 0u64;
     let mut pieces = Vec::new();
@@ -337,22 +343,14 @@ pub async fn load_lines(
             data.reserve(COPY_PIECE);
         }
         data.extend_from_slice(line);
-        data.extend_from_slice(suffix.as_bytes());
+        data.extend_from_slice(&suffix);
         rows += 1;
     }
     if rows == 0 {
         return Ok(0);
     }
     pieces.push(Bytes::from(data));
-    let sql = copy_sql(table, sql_name, soft_delete);
-    let loaded = copy_pieces(client, &sql, pieces, &table.target_table).await?;
-    if loaded != rows {
-        return Err(Error::Invariant(format!(
-            "COPY into {} loaded {loaded} rows of {rows}",
-            table.target_table
-        )));
-    }
-    Ok(loaded)
+    copy_rows(client, table, sql_name, soft_delete, pieces, rows).await
 }
 
 /// How much `COPY` data [`load_lines`] gathers per message to the server: pieces of
@@ -369,22 +367,19 @@ pub fn probe_sql(sql_name: &str) -> String {
     )
 }
 
-/// Runs `sql` (a `COPY … FROM STDIN`) with `data`; returns the number of rows loaded.
-async fn copy_in(client: &Client, sql: &str, data: Vec<u8>, table: &str) -> Result<u64, Error> {
-    copy_pieces(client, sql, vec![Bytes::from(data)], table).await
-}
-
-/// Runs `sql` (a `COPY … FROM STDIN`) with the data in `pieces`, in order; returns the
-/// number of rows loaded.
-async fn copy_pieces(
+/// Loads `rows` rows, the data in `pieces` in the order of [`copy_sql`]'s columns, into
+/// `sql_name` with one `COPY`; fails unless every one was loaded.
+async fn copy_rows(
     client: &Client,
-    sql: &str,
+    table: &event::Table,
+    sql_name: &str,
+    soft_delete: bool,
     pieces: Vec<Bytes>,
-    table: &str,
+    rows: u64,
 ) -> Result<u64, Error> {
-    let context = || format!("copying rows into {table}");
+    let context = || format!("copying rows into {}", table.target_table);
     let sink = client
-        .copy_in::<_, Bytes>(sql)
+        .copy_in::<_, Bytes>(&copy_sql(table, sql_name, soft_delete))
         .await
         .map_err(Error::target_db(context()))?;
     futures::pin_mut!(sink);
@@ -393,7 +388,14 @@ async fn copy_pieces(
             .await
             .map_err(Error::target_db(context()))?;
     }
-    sink.finish().await.map_err(Error::target_db(context()))
+    let loaded = sink.finish().await.map_err(Error::target_db(context()))?;
+    if loaded != rows {
+        return Err(Error::Invariant(format!(
+            "COPY into {} loaded {loaded} rows of {rows}",
+            table.target_table
+        )));
+    }
+    Ok(loaded)
 }
 
 #[cfg(test)]
