@@ -145,8 +145,9 @@ async fn existing_rows_arrive_while_changes_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_during_a_chunk_window_ends_with_the_newest_value() {
-    // Small chunks held open 200 ms each: the churn lands inside windows. Batches
-    // compressed, so that path is covered end to end too.
+    // Small chunks held open 200 ms each: the churn lands inside windows. Every batch
+    // compressed (the default compresses backfill batches only), so stream batches take
+    // that path end to end too.
     let config = config(100, 200).replacen("[source]\n", "[source]\ncompression = \"lz4\"\n", 1);
     assert!(config.contains("compression = \"lz4\""));
     let mut p = Pipeline::with_config(&config).await;

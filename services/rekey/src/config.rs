@@ -134,16 +134,21 @@ pub struct SourceConfig {
     pub max_in_flight_bytes: usize,
     #[serde(default = "default_publish_linger")]
     pub publish_linger_ms: u64,
-    /// How the reader compresses the batches it publishes: `lz4` or `none` (see
-    /// `Batch.lz4` in the event schema).
+    /// Which of the batches it publishes the reader compresses (see `Batch.lz4` in the
+    /// event schema): `lz4-backfill` (those carrying backfill rows), `lz4` (all) or
+    /// `none`.
     #[serde(default = "default_compression")]
     pub compression: String,
 }
 
 impl SourceConfig {
-    /// Whether published batches are compressed.
-    pub fn compress(&self) -> bool {
-        self.compression == "lz4"
+    /// Whether a batch is compressed; `backfill`: it carries backfill rows.
+    pub fn compresses(&self, backfill: bool) -> bool {
+        match self.compression.as_str() {
+            "lz4" => true,
+            "lz4-backfill" => backfill,
+            _ => false,
+        }
     }
 }
 
@@ -311,7 +316,7 @@ fn default_publish_linger() -> u64 {
     DEFAULT_PUBLISH_LINGER_MS
 }
 fn default_compression() -> String {
-    "none".into()
+    "lz4-backfill".into()
 }
 fn default_in_flight_bytes() -> usize {
     DEFAULT_MAX_IN_FLIGHT_BYTES
@@ -470,8 +475,11 @@ impl Config {
                 &format!("must be at most {MAX_PUBLISH_LINGER_MS} (a message waiting longer delays every change in it)"),
             );
         }
-        if !matches!(self.source.compression.as_str(), "lz4" | "none") {
-            return bad("source.compression", "must be lz4 or none");
+        if !matches!(
+            self.source.compression.as_str(),
+            "lz4-backfill" | "lz4" | "none"
+        ) {
+            return bad("source.compression", "must be lz4-backfill, lz4 or none");
         }
         if needs_source && self.target.url.0.is_empty() {
             return bad(
@@ -649,10 +657,14 @@ mod tests {
 
     #[test]
     fn batches_are_compressed_only_when_asked_and_an_unknown_codec_is_named() {
-        let c = Config::parse(MINIMAL).unwrap();
-        assert!(!c.source.compress());
-        let c = Config::parse(&format!("{MINIMAL}\n[source]\ncompression = \"lz4\"\n")).unwrap();
-        assert!(c.source.compress());
+        let compresses = |setting: &str| {
+            let c = Config::parse(&format!("{MINIMAL}\n[source]\n{setting}\n")).unwrap();
+            (c.source.compresses(true), c.source.compresses(false))
+        };
+        assert_eq!(compresses(""), (true, false), "default: backfill batches");
+        assert_eq!(compresses("compression = \"lz4-backfill\""), (true, false));
+        assert_eq!(compresses("compression = \"lz4\""), (true, true));
+        assert_eq!(compresses("compression = \"none\""), (false, false));
         let mut c =
             Config::parse(&format!("{MINIMAL}\n[source]\ncompression = \"zstd\"\n")).unwrap();
         c.apply_env(|k| match k {
@@ -662,7 +674,7 @@ mod tests {
         });
         let err = c.validate(Role::Reader).unwrap_err().to_string();
         assert!(
-            err.contains("source.compression") && err.contains("lz4 or none"),
+            err.contains("source.compression") && err.contains("lz4-backfill, lz4 or none"),
             "{err}"
         );
     }

@@ -31,25 +31,55 @@ impl Transaction {
 /// against a corrupt size, far above any batch a reader writes.
 const MAX_BATCH_BYTES: usize = 1 << 30;
 
-/// A batch as published, into `out` (emptied first, its allocation reused): its
-/// encoding, compressed with LZ4 into `Batch.lz4` when `compress`.
-pub fn encode_batch(batch: &Batch, compress: bool, out: &mut Vec<u8>) {
-    use prost::Message as _;
-    out.clear();
-    if !compress {
-        out.reserve(batch.encoded_len());
+/// Encodes batches for publishing, reusing its buffers: allocated afresh for every
+/// message, their pages were the reader's largest cost in a backfill (the kernel zeroing
+/// them).
+#[derive(Default)]
+pub struct Encoder {
+    out: Vec<u8>,
+    plain: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+impl Encoder {
+    /// `batch` as published: its encoding, compressed with LZ4 into `Batch.lz4` when
+    /// `compress` (LZ4 block format, the uncompressed size prepended).
+    pub fn encode(&mut self, batch: &Batch, compress: bool) -> &[u8] {
+        use prost::Message as _;
+        self.out.clear();
+        if !compress {
+            self.out.reserve(batch.encoded_len());
+            batch
+                .encode(&mut self.out)
+                .expect("a Vec grows to what the encoding needs");
+            return &self.out;
+        }
+        self.plain.clear();
+        self.plain.reserve(batch.encoded_len());
         batch
-            .encode(out)
+            .encode(&mut self.plain)
             .expect("a Vec grows to what the encoding needs");
-        return;
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.clear();
+        packed.resize(
+            4 + lz4_flex::block::get_maximum_output_size(self.plain.len()),
+            0,
+        );
+        packed[..4].copy_from_slice(&(self.plain.len() as u32).to_le_bytes());
+        let n = lz4_flex::block::compress_into(&self.plain, &mut packed[4..])
+            .expect("the output is sized for the worst case");
+        packed.truncate(4 + n);
+        let outer = Batch {
+            schema_version: batch.schema_version,
+            lz4: packed,
+            ..Default::default()
+        };
+        outer
+            .encode(&mut self.out)
+            .expect("a Vec grows to what the encoding needs");
+        self.packed = outer.lz4;
+        &self.out
     }
-    Batch {
-        schema_version: batch.schema_version,
-        lz4: lz4_flex::block::compress_prepend_size(&batch.encode_to_vec()),
-        ..Default::default()
-    }
-    .encode(out)
-    .expect("a Vec grows to what the encoding needs");
 }
 
 /// A published batch, decompressed if it was compressed; the error says what is wrong
@@ -109,9 +139,12 @@ mod tests {
     #[test]
     fn a_batch_decodes_to_itself_compressed_or_not() {
         let b = batch();
-        let (mut plain, mut small) = (Vec::new(), vec![1, 2, 3]);
-        encode_batch(&b, false, &mut plain);
-        encode_batch(&b, true, &mut small);
+        let mut encoder = Encoder::default();
+        let plain = encoder.encode(&b, false).to_vec();
+        let small = encoder.encode(&b, true).to_vec();
+        // The buffers are reused, not carried over.
+        assert_eq!(encoder.encode(&b, false), &plain[..]);
+        assert_eq!(encoder.encode(&b, true), &small[..]);
         assert!(
             small.len() * 5 < plain.len(),
             "{} vs {}",
@@ -124,8 +157,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_compressed_batch_is_an_error_not_a_batch() {
-        let mut encoded = Vec::new();
-        encode_batch(&batch(), true, &mut encoded);
+        let encoded = Encoder::default().encode(&batch(), true).to_vec();
         let mut small = Batch::decode(&encoded[..]).unwrap();
         let n = small.lz4.len();
         small.lz4.truncate(n - 3);

@@ -261,7 +261,7 @@ async fn stream(
         cutover_lsn,
         status_client: Arc::new(status_client),
         pack: Pack::default(),
-        payload: Vec::new(),
+        encoder: event::Encoder::default(),
         spare_lines: Vec::new(),
     };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(
@@ -472,8 +472,8 @@ struct StreamState<'a> {
     status_client: Arc<tokio_postgres::Client>,
     /// Small transactions waiting to share one message.
     pack: Pack,
-    /// The last message's encoding: its allocation is reused.
-    payload: Vec<u8>,
+    /// Encodes messages in buffers it reuses.
+    encoder: event::Encoder,
     /// Emptied `CopyRows.lines` of published messages, reused.
     spare_lines: Vec<Vec<u8>>,
 }
@@ -988,10 +988,13 @@ impl StreamState<'_> {
             tables,
             lz4: Vec::new(),
         };
-        // Both buffers are reused: allocated afresh for every message, their pages
-        // were the reader's largest cost in a backfill (the kernel zeroing them).
-        let mut payload = std::mem::take(&mut self.payload);
-        event::encode_batch(&batch, self.config.source.compress(), &mut payload);
+        // Buffers are reused, the encoder's and the lines' (see `event::Encoder`).
+        let compress = self
+            .config
+            .source
+            .compresses(batch.transactions.iter().any(|t| t.copy.is_some()));
+        let mut encoder = std::mem::take(&mut self.encoder);
+        let payload = encoder.encode(&batch, compress);
         for t in batch.transactions {
             if let Some(mut c) = t.copy.map(|c| c.lines) {
                 if self.spare_lines.len() < 2 {
@@ -1012,7 +1015,7 @@ impl StreamState<'_> {
             let record = FutureRecord::to(&self.config.kafka.topic)
                 .partition(publish::PARTITION)
                 .key(&key[..])
-                .payload(&payload[..]);
+                .payload(payload);
             match self.producer.send_result(record) {
                 Ok(d) => break d,
                 Err((e, _))
@@ -1025,7 +1028,7 @@ impl StreamState<'_> {
             }
         };
         let len = payload.len() as u64;
-        self.payload = payload;
+        self.encoder = encoder;
         self.enqueue(InFlight {
             delivery: Some(delivery),
             _bytes: Some(bytes),
