@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::{mpsc, watch};
@@ -48,6 +49,10 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often slot position and retained WAL are sampled for metrics.
 const SLOT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+/// Replication events handled in a row once one arrives, before the stream loop looks
+/// at its other inputs again (cancellation, confirmations, the pack's deadline, …):
+/// a bound on how long those wait, far below the pack's linger.
+const EVENTS_PER_ROUND: usize = 256;
 
 /// Runs the reader until `cancel` fires (then flushes, confirms and returns `Ok`) or a
 /// fatal error. Retryable failures (source or broker down, slot held by another reader)
@@ -331,11 +336,28 @@ async fn stream(
                     metrics::gauge!(telemetry::SOURCE_SLOT_RETAINED_WAL_BYTES).set(p.retained_bytes as f64);
                 }
             }
-            event = repl.recv() => match event {
-                Ok(Some(ev)) => if let Err(e) = state.handle(ev).await { break Err(e) },
-                Ok(None) => break Err(Error::Replication(pgwire_replication::PgWireError::Task("replication stream ended".into()))),
-                Err(e) => break Err(e.into()),
-            },
+            event = repl.recv() => {
+                // Then the events already received, up to a bound, without going round
+                // the select: each round registers and drops a waker per branch and a
+                // timer for the pack, which cost more than handling a small event.
+                let mut event = event;
+                let mut handled = 0;
+                let failed = loop {
+                    match event {
+                        Ok(Some(ev)) => if let Err(e) = state.handle(ev).await { break Some(e) },
+                        Ok(None) => break Some(Error::Replication(pgwire_replication::PgWireError::Task("replication stream ended".into()))),
+                        Err(e) => break Some(e.into()),
+                    }
+                    handled += 1;
+                    match (handled < EVENTS_PER_ROUND).then(|| repl.recv().now_or_never()).flatten() {
+                        Some(next) => event = next,
+                        None => break None,
+                    }
+                };
+                if let Some(e) = failed {
+                    break Err(e);
+                }
+            }
         }
     };
 
