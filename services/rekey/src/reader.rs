@@ -1015,8 +1015,7 @@ impl StreamState<'_> {
             .config
             .source
             .compresses(batch.transactions.iter().any(|t| t.copy.is_some()));
-        let mut encoder = std::mem::take(&mut self.encoder);
-        let payload = encoder.encode(&batch, compress);
+        let payload = self.encoder.encode(&batch, compress);
         for t in batch.transactions {
             if let Some(mut c) = t.copy.map(|c| c.lines) {
                 if self.spare_lines.len() < 2 {
@@ -1050,7 +1049,6 @@ impl StreamState<'_> {
             }
         };
         let len = payload.len() as u64;
-        self.encoder = encoder;
         self.enqueue(InFlight {
             delivery: Some(delivery),
             _bytes: Some(bytes),
