@@ -140,6 +140,12 @@ def env_overrides() -> set[str]:
     return set(re.findall(r'\("(REKEY_[A-Z_]+)"', block.group(1))) if block else set()
 
 
+def kafka_option_env_prefix() -> str | None:
+    """`REKEY_KAFKA_OPTION_`: the prefix of the variables that set `[kafka.options]`."""
+    m = re.search(r'ENV_KAFKA_OPTION_PREFIX: &str = "(REKEY_[A-Z_]+)";', CONFIG_RS.read_text())
+    return m.group(1) if m else None
+
+
 def secret_keys() -> set[str]:
     doc = yaml.safe_load(SECRET_EXAMPLE.read_text())
     return set((doc.get("stringData") or {}) | (doc.get("data") or {}))
@@ -413,6 +419,7 @@ def check_rendered(c: Checker, name: str, docs: list[dict], overlay: Path | None
     configmaps = {d["metadata"]["name"]: d for d in by_kind.get("ConfigMap", [])}
     services = by_kind.get("Service", [])
     allowed_env = env_overrides() | EXTRA_ENV
+    kafka_prefix = kafka_option_env_prefix()
     keys = secret_keys()
     tomls = [cm["data"]["rekey.toml"] for cm in configmaps.values() if "rekey.toml" in cm.get("data", {})]
 
@@ -492,7 +499,9 @@ def check_rendered(c: Checker, name: str, docs: list[dict], overlay: Path | None
                              f"{name}: {cid} --config {config_path}: the ConfigMap has no key {os.path.basename(config_path)}")
             env = {e["name"]: e for e in ctr.get("env", [])}
             for en, e in env.items():
-                c.expect(en in allowed_env, f"{name}: {cid} sets {en}, which is not a REKEY_* override in config.rs")
+                option_var = bool(kafka_prefix) and en.startswith(kafka_prefix) and len(en) > len(kafka_prefix)
+                c.expect(en in allowed_env or option_var,
+                         f"{name}: {cid} sets {en}, which is not a REKEY_* override in config.rs")
                 ref = e.get("valueFrom", {})
                 if "secretKeyRef" in ref:
                     s = ref["secretKeyRef"]

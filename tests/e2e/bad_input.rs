@@ -7,16 +7,23 @@ use rekey_tests::{Broker, Pg, PgOptions, Pipeline, Service};
 
 /// Runs the reader to its exit and returns (exit code, its one `error:` line).
 async fn reader_error(p: &Pipeline, env: Vec<(&'static str, String)>) -> (i32, String) {
-    let mut reader = Service::spawn("rekey-reader", &["--config", &p.config_arg()], &env);
-    let status = reader
+    service_error("rekey-reader", p, env).await
+}
+
+/// Runs `binary` to its exit and returns (exit code, its one `error:` line).
+async fn service_error(
+    binary: &str,
+    p: &Pipeline,
+    env: Vec<(&'static str, String)>,
+) -> (i32, String) {
+    let mut service = Service::spawn(binary, &["--config", &p.config_arg()], &env);
+    let status = service
         .wait_exit(Duration::from_secs(60))
         .await
-        .expect("the reader exits on bad input");
-    let out = reader.output();
-    let lines: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("rekey-reader: error: "))
-        .collect();
+        .unwrap_or_else(|| panic!("{binary} exits on bad input"));
+    let out = service.output();
+    let prefix = format!("{binary}: error: ");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
     assert_eq!(lines.len(), 1, "exactly one error line, got:\n{out}");
     (status.code().unwrap_or(-1), lines[0].to_string())
 }
@@ -92,6 +99,29 @@ async fn a_missing_secret_is_named() {
     assert_eq!(code, 2);
     assert!(line.contains("REKEY_ID_SECRET"), "{line}");
     assert!(!slot_exists(&p).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_setting_from_the_environment_reaches_the_client_and_a_wrong_one_is_named() {
+    let p = Pipeline::new().await;
+    let mut env = p.env();
+    env.push(("REKEY_KAFKA_OPTION_NO_SUCH_SETTING", "1".into()));
+    for binary in ["rekey-reader", "rekey-writer"] {
+        let (code, line) = service_error(binary, &p, env.clone()).await;
+        assert_eq!(code, 2, "{line}");
+        assert!(line.contains("no.such.setting"), "{line}");
+    }
+    assert!(!slot_exists(&p).await, "no slot is left holding WAL");
+
+    let mut env = p.env();
+    env.push(("REKEY_KAFKA_OPTION_SASL.PASSWORD", "x".into()));
+    let (code, line) = reader_error(&p, env).await;
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("REKEY_KAFKA_OPTION_SASL.PASSWORD")
+            && line.contains("REKEY_KAFKA_OPTION_SASL_PASSWORD"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,10 @@
 //! Environment overrides (each wins over the file):
 //! `REKEY_SOURCE_URL`, `REKEY_TARGET_URL`, `REKEY_KAFKA_BROKERS`, `REKEY_KAFKA_TOPIC`,
 //! `REKEY_KAFKA_GROUP_ID`, `REKEY_ID_SECRET`, `REKEY_SLOT`, `REKEY_PUBLICATION`,
-//! `REKEY_METRICS_ADDR`.
+//! `REKEY_METRICS_ADDR`; and `REKEY_KAFKA_OPTION_<NAME>` for any librdkafka setting
+//! of `[kafka.options]` (`REKEY_KAFKA_OPTION_SASL_PASSWORD` sets `sasl.password`: the
+//! name lower-cased, `_` read as `.`), so that Kafka credentials can come from a
+//! Kubernetes Secret rather than the ConfigMap that holds the file.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,6 +67,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("REKEY_PUBLICATION", "source.publication"),
     ("REKEY_METRICS_ADDR", "telemetry.metrics_addr"),
 ];
+
+/// Environment variables that set one of `[kafka.options]`: the rest of the name is the
+/// librdkafka setting, upper-cased, `.` written as `_`.
+pub const ENV_KAFKA_OPTION_PREFIX: &str = "REKEY_KAFKA_OPTION_";
 
 /// A value that must never be printed.
 #[derive(Clone, Default, Deserialize, PartialEq)]
@@ -179,6 +186,19 @@ pub struct TargetConfig {
     pub replication_role: String,
 }
 
+/// The options' values can be credentials (`sasl.password`, `ssl.key.pem`): their
+/// names only.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl TargetConfig {
     /// Whether the writer applies with `session_replication_role = replica` after backfill.
     pub fn applies_as_replica(&self) -> bool {
@@ -186,7 +206,7 @@ impl TargetConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port]`.
@@ -369,6 +389,10 @@ impl Config {
         let mut config =
             Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         config.apply_env(|k| std::env::var(k).ok());
+        config.apply_kafka_option_env(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )?;
         config.validate(role)?;
         config.path = Some(path.to_path_buf());
         Ok(config)
@@ -405,6 +429,31 @@ impl Config {
                 _ => unreachable!("every ENV_OVERRIDES entry is handled"),
             }
         }
+    }
+
+    /// Applies the `REKEY_KAFKA_OPTION_<NAME>` variables among `vars` to
+    /// `[kafka.options]`, each winning over the file; an empty one is ignored.
+    pub fn apply_kafka_option_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), Error> {
+        for (var, value) in vars {
+            let Some(name) = var.strip_prefix(ENV_KAFKA_OPTION_PREFIX) else {
+                continue;
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(Error::Config(format!(
+                    "{var}: not a librdkafka setting: write it as {ENV_KAFKA_OPTION_PREFIX} and the setting's name upper-cased with `_` for `.`, e.g. {ENV_KAFKA_OPTION_PREFIX}SASL_PASSWORD"
+                )));
+            }
+            // Empty is unset: an optional Secret key may be present but blank.
+            if value.is_empty() {
+                continue;
+            }
+            let key = name.to_ascii_lowercase().replace('_', ".");
+            self.kafka.options.insert(key, value);
+        }
+        Ok(())
     }
 
     pub fn validate(&self, role: Role) -> Result<(), Error> {
@@ -758,6 +807,42 @@ mod tests {
         assert!(err.contains("source.publish_linger_ms"), "{err}");
         c.source.publish_linger_ms = 0;
         c.validate(Role::Reader).unwrap();
+    }
+
+    #[test]
+    fn kafka_options_from_the_environment_win_over_the_file_and_are_not_printed() {
+        let mut c = Config::parse(&format!(
+            "{MINIMAL}\n[kafka.options]\n\"sasl.mechanism\" = \"PLAIN\"\n\"sasl.password\" = \"from-file\"\n"
+        ))
+        .unwrap();
+        let vars = [
+            ("REKEY_KAFKA_OPTION_SASL_PASSWORD", "s3cret-from-env"),
+            ("REKEY_KAFKA_OPTION_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+            ("REKEY_SOURCE_URL", "not a kafka option"),
+            ("REKEY_KAFKA_OPTION_CLIENT_ID", ""),
+        ];
+        c.apply_kafka_option_env(vars.map(|(k, v)| (k.to_string(), v.to_string())))
+            .unwrap();
+        assert_eq!(c.kafka.options["sasl.password"], "s3cret-from-env");
+        assert_eq!(c.kafka.options["security.protocol"], "SASL_PLAINTEXT");
+        assert_eq!(c.kafka.options["sasl.mechanism"], "PLAIN");
+        assert_eq!(c.kafka.options.len(), 3);
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("sasl.password") && !shown.contains("s3cret-from-env"),
+            "{shown}"
+        );
+
+        for bad in ["REKEY_KAFKA_OPTION_", "REKEY_KAFKA_OPTION_SASL-PASSWORD"] {
+            let err = c
+                .apply_kafka_option_env([(bad.to_string(), "x".to_string())])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(bad) && err.contains("REKEY_KAFKA_OPTION_SASL_PASSWORD"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,13 @@ impl Error {
                         | pgwire_replication::PgWireError::MessageTooLarge { .. }
                 ) && !replication_setup_error(e)
             }
+            // A setting librdkafka refuses stays refused.
+            Error::Kafka {
+                source:
+                    rdkafka::error::KafkaError::ClientConfig(..)
+                    | rdkafka::error::KafkaError::ClientCreation(_),
+                ..
+            } => false,
             Error::Kafka { source, .. } => !matches!(
                 source.rdkafka_error_code(),
                 Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)

@@ -34,7 +34,23 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Checks the pass-through options without connecting: librdkafka names an unknown or
+/// invalid one. The services call it first, so a typo is a configuration error (exit 2,
+/// not retried) and the reader leaves no slot holding WAL behind.
+pub fn check_settings(kafka: &KafkaConfig) -> Result<(), Error> {
+    client_config(kafka)
+        .create_native_config()
+        .map(drop)
+        .map_err(|e| Error::Config(format!("kafka.options: {e}")))
+}
+
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, Error> {
+    producer_config(kafka)
+        .create()
+        .map_err(Error::kafka("creating the producer"))
+}
+
+fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = client_config(kafka);
     set_default(&mut c, "linger.ms", "2");
     // Retry until delivered; the reader's in-flight window applies back-pressure.
@@ -45,7 +61,7 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, Error> {
     c.set("enable.idempotence", "true");
     c.set("acks", "all");
     c.set("max.in.flight.requests.per.connection", "5");
-    c.create().map_err(Error::kafka("creating the producer"))
+    c
 }
 
 /// Sets `key` unless the user's pass-through options already did.

@@ -58,6 +58,7 @@ const EVENTS_PER_ROUND: usize = 256;
 /// fatal error. Retryable failures (source or broker down, slot held by another reader)
 /// are retried with backoff, resuming from the slot's confirmed position.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error> {
+    publish::check_settings(&config.kafka)?;
     let control = slot::connect(config.source.url.expose(), "source")
         .await
         .map_err(Error::source_db("connecting to the source"))?;

@@ -50,6 +50,7 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 /// Runs the writer until `cancel` fires (it finishes the open batch first) or a fatal
 /// error. Retryable failures are retried with backoff from the saved checkpoint.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error> {
+    publish::check_settings(&config.kafka)?;
     publish::wait_for_broker(&config.kafka, &cancel).await?;
     publish::ensure_topic(&config.kafka).await?;
     let mut backoff = RETRY_START;
