@@ -100,7 +100,11 @@ impl Pipeline {
             ("REKEY_TARGET_URL", self.target.url(DB)),
             ("REKEY_KAFKA_BROKERS", self.broker.bootstrap()),
             ("REKEY_ID_SECRET", SECRET.to_string()),
-            ("RUST_LOG", "info,rdkafka=warn".to_string()),
+            // REKEY_TEST_LOG sets the services' RUST_LOG (e.g. "debug,rdkafka=warn").
+            (
+                "RUST_LOG",
+                std::env::var("REKEY_TEST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            ),
         ]
     }
 

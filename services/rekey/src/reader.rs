@@ -69,6 +69,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
     publish::wait_for_broker(&config.kafka, &cancel).await?;
     publish::ensure_topic(&config.kafka).await?;
     let producer = publish::producer(&config.kafka)?;
+    publish::warm_up(&producer, &config.kafka.topic);
     let types = Arc::new(types);
     let backfill_tables = if config.backfill.enabled {
         backfill::tables(&config, &types)?
