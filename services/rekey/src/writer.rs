@@ -303,9 +303,9 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
     let mut tpl = TopicPartitionList::new();
     // Without a checkpoint: offset 0, not `Offset::Beginning`. A logical offset needs a
     // ListOffsets query, which librdkafka retries on a 500 ms timer when the partition's
-    // leader is not known yet (always, right after `assign`): the first fetch came 0.5–1.1 s
-    // after the start, one sixth of a scale-1 backfill. A topic trimmed past 0 answers
-    // out of range, and `auto.offset.reset = earliest` then starts at its beginning.
+    // leader is not known yet (always, right after `assign`): the first fetch came 0.5 s
+    // after the start (traced with `debug=consumer`). A topic trimmed past 0 answers out
+    // of range, and `auto.offset.reset = earliest` then starts at its beginning.
     let offset = Offset::Offset(saved.map_or(0, |cp| cp.next_offset));
     tpl.add_partition_offset(topic, publish::PARTITION, offset)
         .map_err(Error::kafka("assigning the partition"))?;
