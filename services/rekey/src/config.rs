@@ -102,6 +102,10 @@ pub struct Config {
     /// Where the config was loaded from (not part of the file).
     #[serde(skip)]
     pub path: Option<std::path::PathBuf>,
+    /// A hash of the text loaded: the live reload compares the file with what this
+    /// process runs, so a change made while it was starting is not missed.
+    #[serde(skip)]
+    pub loaded: Option<u64>,
     #[serde(default)]
     pub source: SourceConfig,
     #[serde(default)]
@@ -395,6 +399,7 @@ impl Config {
         )?;
         config.validate(role)?;
         config.path = Some(path.to_path_buf());
+        config.loaded = Some(text_hash(&text));
         Ok(config)
     }
 
@@ -650,19 +655,20 @@ pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 pub async fn watch_phase(
     path: std::path::PathBuf,
     role: Role,
+    loaded: Option<u64>,
     tx: tokio::sync::watch::Sender<crate::cutover::Phase>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).ok();
-    let mut last = std::fs::read_to_string(&path).ok();
+    let mut last = loaded;
     loop {
         let forced = tokio::select! {
             _ = cancel.cancelled() => return,
             _ = async { match &mut hup { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
             _ = tokio::time::sleep(RELOAD_INTERVAL) => false,
         };
-        let text = std::fs::read_to_string(&path).ok();
+        let text = std::fs::read_to_string(&path).ok().map(|t| text_hash(&t));
         if text == last && !forced {
             continue;
         }
@@ -680,6 +686,13 @@ pub async fn watch_phase(
             }
         }
     }
+}
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 /// Quotes an SQL identifier.
@@ -843,6 +856,34 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_phase_change_written_while_the_service_starts_is_not_missed() {
+        let dir = std::env::temp_dir().join(format!("rekey-config-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rekey.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = Config::load(&path, Role::Control).unwrap();
+        // The file changes after the service loaded it, before its watcher first looks.
+        std::fs::write(&path, format!("phase = \"cutover\"\n{MINIMAL}")).unwrap();
+        let (tx, mut rx) = tokio::sync::watch::channel(config.phase);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let watcher = tokio::spawn(watch_phase(
+            path,
+            Role::Control,
+            config.loaded,
+            tx,
+            cancel.clone(),
+        ));
+        tokio::time::timeout(RELOAD_INTERVAL * 3, rx.changed())
+            .await
+            .expect("the watcher sees the change made before it started")
+            .unwrap();
+        assert_eq!(*rx.borrow(), crate::cutover::Phase::Cutover);
+        cancel.cancel();
+        watcher.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

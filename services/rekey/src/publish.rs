@@ -68,13 +68,16 @@ fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 /// A new idempotent producer finds no broker connected, and librdkafka then retries
 /// the id on a 500 ms timer; a message waited 1 s before its first produce request
 /// (measured, `debug=eos`). A metadata answer runs that state machine again with the
-/// broker connected: the id arrives in a few milliseconds. Failure here is harmless
-/// (the timer still runs).
+/// broker connected: the id arrives in a few milliseconds. Runs beside the caller;
+/// failure is harmless (the timer still runs).
 pub fn warm_up(producer: &FutureProducer, topic: &str) {
     use rdkafka::producer::Producer as _;
-    let client = producer.client();
-    let _ =
-        tokio::task::block_in_place(|| client.fetch_metadata(Some(topic), Duration::from_secs(5)));
+    let (producer, topic) = (producer.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let _ = producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(5));
+    });
 }
 
 /// Sets `key` unless the user's pass-through options already did.

@@ -82,6 +82,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
         tokio::spawn(crate::config::watch_phase(
             path,
             crate::config::Role::Reader,
+            config.loaded,
             phase_tx,
             cancel.clone(),
         ));
