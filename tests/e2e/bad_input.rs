@@ -236,23 +236,11 @@ async fn without_backfill_a_writer_not_allowed_to_skip_foreign_keys_leaves_them_
 async fn a_writer_not_allowed_to_skip_foreign_keys_is_told_the_grant() {
     let p = Pipeline::new().await;
     let env = writer_no_superuser(&p).await;
-    let spawn = || Service::spawn("rekey-writer", &["--config", &p.config_arg()], &env);
-    let mut writer = spawn();
-    let status = writer
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("the writer exits when it may not skip foreign keys");
-    let out = writer.output();
-    let lines: Vec<&str> = out
-        .lines()
-        .filter(|l| l.starts_with("rekey-writer: error: "))
-        .collect();
-    assert_eq!(status.code(), Some(2), "{out}");
-    assert_eq!(lines.len(), 1, "exactly one error line, got:\n{out}");
+    let (code, line) = service_error("rekey-writer", &p, env.clone()).await;
+    assert_eq!(code, 2, "{line}");
     assert!(
-        lines[0].contains("GRANT SET ON PARAMETER session_replication_role TO"),
-        "{}",
-        lines[0]
+        line.contains("GRANT SET ON PARAMETER session_replication_role TO"),
+        "{line}"
     );
 
     // Doing what it says is enough.
@@ -261,7 +249,7 @@ async fn a_writer_not_allowed_to_skip_foreign_keys_is_told_the_grant() {
         .batch_execute("GRANT SET ON PARAMETER session_replication_role TO rekey_writer")
         .await
         .unwrap();
-    let writer = spawn();
+    let writer = Service::spawn("rekey-writer", &["--config", &p.config_arg()], &env);
     assert!(
         writer
             .wait_for_output("applying", Duration::from_secs(30))
