@@ -13,6 +13,9 @@ use std::time::Instant;
 
 use crate::wait::{file_tail, free_port, keep_test_dirs, unique_temp_dir};
 
+/// The role rekey's services connect as to a [`PgOptions::tls`] cluster.
+pub const TLS_ROLE: &str = "rekey_tls";
+
 /// How to configure a cluster.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
@@ -21,6 +24,11 @@ pub struct PgOptions {
     /// `shared_buffers`: "32MB" (default) keeps a test's dozen clusters small; the bench
     /// takes another size with `--shared-buffers`.
     pub shared_buffers: String,
+    /// TLS only, for the role rekey's services connect as (see [`Pg::service_url`]): a
+    /// certificate for `localhost` and `127.0.0.1` signed by a throwaway CA
+    /// ([`Pg::ca_path`]); plain-text connections are refused but the harness's own (user
+    /// `postgres`).
+    pub tls: bool,
 }
 
 impl Default for PgOptions {
@@ -28,6 +36,7 @@ impl Default for PgOptions {
         PgOptions {
             wal_level: "logical",
             shared_buffers: "32MB".into(),
+            tls: false,
         }
     }
 }
@@ -40,6 +49,7 @@ pub struct Pg {
     running: AtomicBool,
     /// False until the first start succeeded: a failed start has already shown the log.
     started: bool,
+    tls: bool,
 }
 
 impl Pg {
@@ -60,6 +70,7 @@ impl Pg {
             bindir,
             running: AtomicBool::new(false),
             started: false,
+            tls: opts.tls,
         };
 
         let initdb = pg.bindir.join("initdb");
@@ -111,6 +122,9 @@ impl Pg {
             shared_buffers = opts.shared_buffers,
         );
         pg.append_conf(&conf);
+        if opts.tls {
+            pg.set_up_tls().await;
+        }
 
         // The port was free when picked; another process may take it before the server
         // binds. Pick another and retry when that happens.
@@ -123,6 +137,13 @@ impl Pg {
                 pg.running.store(true, Ordering::SeqCst);
                 pg.started = true;
                 pg.spawn_watchdog();
+                if pg.tls {
+                    pg.connect("postgres")
+                        .await
+                        .batch_execute(&format!("CREATE ROLE {TLS_ROLE} SUPERUSER LOGIN"))
+                        .await
+                        .expect("create the TLS-only role");
+                }
                 if std::env::var_os("REKEY_HARNESS_VERBOSE").is_some() {
                     eprintln!(
                         "[harness] postgres on port {} in {:?} ({})",
@@ -154,6 +175,116 @@ impl Pg {
     /// `postgres://postgres@127.0.0.1:PORT/db`
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The URL rekey's services get: [`Pg::url`], or with [`PgOptions::tls`] the TLS-only
+    /// role over `localhost`, `sslmode=verify-full` against [`Pg::ca_path`].
+    pub fn service_url(&self, db: &str) -> String {
+        if !self.tls {
+            return self.url(db);
+        }
+        format!(
+            "postgres://{TLS_ROLE}@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+            self.port,
+            self.ca_path().display()
+        )
+    }
+
+    /// The CA that signed a TLS cluster's certificate (PEM).
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Another CA, which signed nothing this cluster shows (PEM).
+    pub fn other_ca_path(&self) -> PathBuf {
+        self.dir.join("other-ca.crt")
+    }
+
+    /// Certificates made with `openssl` (as the server's user), `ssl = on`, and a
+    /// `pg_hba.conf` that takes the TLS role only over TLS.
+    async fn set_up_tls(&self) {
+        std::fs::write(
+            self.dir.join("server.ext"),
+            "basicConstraints = critical, CA:FALSE\n\
+             subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+        )
+        .expect("write server.ext");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: Vec<Vec<&str>> = vec![
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.crt"],
+            ]
+            .concat(),
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "other-ca.key", "-out", "other-ca.crt"],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &["-keyout", "data/server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "data/server.crt",
+            ],
+        ];
+        let subjects = [
+            "/CN=rekey test CA",
+            "/CN=rekey other CA",
+            "/CN=localhost",
+            "",
+        ];
+        for (mut args, subject) in steps.into_iter().zip(subjects) {
+            args.extend(["-days", "2"]);
+            if !subject.is_empty() {
+                args.extend(["-subj", subject]);
+            }
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+            let out = run_async(self.command(Path::new("openssl"), &args)).await;
+            if !out.status.success() {
+                panic!(
+                    "openssl {args:?} failed (is openssl installed?):\n{}",
+                    output_text(&out)
+                );
+            }
+        }
+        self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(
+            self.data_dir().join("pg_hba.conf"),
+            format!(
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostssl replication all 127.0.0.1/32 trust\n\
+                 host all postgres 127.0.0.1/32 trust\n\
+                 host replication postgres 127.0.0.1/32 trust\n\
+                 host all {TLS_ROLE} 127.0.0.1/32 reject\n\
+                 host replication {TLS_ROLE} 127.0.0.1/32 reject\n"
+            ),
+        )
+        .expect("write pg_hba.conf");
     }
 
     /// A client connected to `db`; its connection runs on a spawned task.

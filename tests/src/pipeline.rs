@@ -96,8 +96,8 @@ impl Pipeline {
     /// The environment every rekey process gets.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("REKEY_SOURCE_URL", self.legacy.url(DB)),
-            ("REKEY_TARGET_URL", self.target.url(DB)),
+            ("REKEY_SOURCE_URL", self.legacy.service_url(DB)),
+            ("REKEY_TARGET_URL", self.target.service_url(DB)),
             ("REKEY_KAFKA_BROKERS", self.broker.bootstrap()),
             ("REKEY_ID_SECRET", SECRET.to_string()),
             // REKEY_TEST_LOG sets the services' RUST_LOG (e.g. "debug,rdkafka=warn").

@@ -477,6 +477,17 @@ impl Config {
                 "missing: set it in the file or REKEY_TARGET_URL",
             );
         }
+        for (field, url) in [
+            ("source.url", &self.source.url),
+            ("target.url", &self.target.url),
+        ] {
+            if url.0.is_empty() {
+                continue;
+            }
+            if let Err(e) = crate::pg_connect::PgUrl::parse(&url.0) {
+                return bad(field, &e);
+            }
+        }
         if role != Role::Control && self.kafka.brokers.trim().is_empty() {
             return bad(
                 "kafka.brokers",
@@ -716,6 +727,25 @@ mod tests {
         name = "prompt_labs"
         id = "id"
     "#;
+
+    #[test]
+    fn a_database_url_with_bad_tls_settings_is_named_without_its_password() {
+        let mut c = Config::parse(MINIMAL).unwrap();
+        c.apply_env(|k| match k {
+            "REKEY_SOURCE_URL" => Some("postgres://app:hunter2@db/legacy".to_string()),
+            "REKEY_TARGET_URL" => {
+                Some("postgres://app:hunter2@db/new?sslmode=verify-full".to_string())
+            }
+            "REKEY_ID_SECRET" => Some("0123456789abcdef0123".to_string()),
+            _ => None,
+        });
+        let err = c.validate(Role::Writer).unwrap_err().to_string();
+        assert!(
+            err.contains("target.url") && err.contains("needs sslrootcert"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 
     #[test]
     fn batches_are_compressed_only_when_asked_and_an_unknown_codec_is_named() {

@@ -85,6 +85,7 @@ impl Error {
                     pgwire_replication::PgWireError::Auth(_)
                         | pgwire_replication::PgWireError::MessageTooLarge { .. }
                 ) && !replication_setup_error(e)
+                    && !replication_tls_refusal(e)
             }
             // A setting librdkafka refuses stays refused.
             Error::Kafka {
@@ -121,6 +122,8 @@ impl Error {
 /// SQLSTATE classes that mean "fix something, retrying will not help".
 fn pg_retryable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
+        // A certificate that does not verify, or no TLS where the URL requires it.
+        None if crate::pg_connect::is_tls_refusal(e) => false,
         None => true, // connection-level: the server may be restarting
         Some(code) => {
             let class = &code.code()[..2];
@@ -129,6 +132,17 @@ fn pg_retryable(e: &tokio_postgres::Error) -> bool {
             matches!(class, "08" | "40" | "53" | "55" | "57" | "58")
         }
     }
+}
+
+/// The replication client's TLS errors that waiting does not change: its own set-up
+/// (certificate files), a server without TLS, a certificate rustls refuses.
+fn replication_tls_refusal(e: &pgwire_replication::PgWireError) -> bool {
+    let pgwire_replication::PgWireError::Tls(text) = e else {
+        return false;
+    };
+    ["TLS config error", "does not support TLS", "certificate"]
+        .iter()
+        .any(|sign| text.contains(sign))
 }
 
 fn replication_setup_error(e: &pgwire_replication::PgWireError) -> bool {

@@ -42,6 +42,7 @@ pub mod event;
 pub mod fk_check;
 pub mod health;
 pub mod mapping;
+pub mod pg_connect;
 pub mod pgoutput;
 pub mod publish;
 pub mod reader;

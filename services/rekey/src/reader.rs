@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event::{self, Op, PG_EPOCH_OFFSET_MICROS};
 use crate::mapping::{value_size, CopyLine, TableMap};
+use crate::pg_connect::{self, Side};
 use crate::pgoutput::{self, Message};
 use crate::rekey::Rekeyer;
 use crate::watermark::{ChunkRows, Fate, Watermarks, Window};
@@ -59,9 +60,12 @@ const EVENTS_PER_ROUND: usize = 256;
 /// are retried with backoff, resuming from the slot's confirmed position.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error> {
     publish::check_settings(&config.kafka)?;
-    let control = slot::connect(config.source.url.expose(), "source")
-        .await
-        .map_err(Error::source_db("connecting to the source"))?;
+    let control = pg_connect::connect(
+        config.source.url.expose(),
+        Side::Source,
+        "connecting to the source",
+    )
+    .await?;
     let types = slot::check_source(&control, &config).await?;
     slot::ensure_publication(&control, &config).await?;
     slot::ensure_slot(&control, &config).await?;
@@ -132,18 +136,10 @@ async fn stream(
     mut phase: watch::Receiver<crate::cutover::Phase>,
     cancel: &CancellationToken,
 ) -> Result<(), Error> {
-    let pg: tokio_postgres::Config = config
-        .source
-        .url
-        .expose()
-        .parse()
-        .map_err(|e| Error::Config(format!("source.url: not a valid PostgreSQL URL: {e}")))?;
-    let host = match pg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
+    let url = pg_connect::PgUrl::parse(config.source.url.expose())
+        .map_err(|e| Error::Config(format!("source.url: {e}")))?;
+    let pg = &url.config;
+    let host = url.host();
     let port = pg.get_ports().first().copied().unwrap_or(5432);
     let password = pg
         .get_password()
@@ -160,6 +156,7 @@ async fn stream(
         config.source.publication.as_str(),
     )
     .with_port(port)
+    .with_tls(url.replication_tls())
     .with_status_interval(STATUS_INTERVAL)
     .with_wakeup_interval(Duration::from_secs(5))
     .with_options(
@@ -172,9 +169,12 @@ async fn stream(
     tracing::info!(slot = %config.source.slot, publication = %config.source.publication, topic = %config.kafka.topic, "streaming");
 
     let control = Arc::new(
-        slot::connect(config.source.url.expose(), "source")
-            .await
-            .map_err(Error::source_db("connecting to the source"))?,
+        pg_connect::connect(
+            config.source.url.expose(),
+            Side::Source,
+            "connecting to the source",
+        )
+        .await?,
     );
     let (ack_tx, ack_rx) = mpsc::channel::<InFlight>(config.source.max_in_flight.max(1));
     let (confirmed_tx, mut confirmed_rx) = watch::channel(0u64);
@@ -196,14 +196,18 @@ async fn stream(
     let mut backfill_task = if backfill_tables.is_empty() {
         None
     } else {
-        let source = slot::connect(config.source.url.expose(), "source")
-            .await
-            .map_err(Error::source_db("connecting to the source for backfill"))?;
-        let target = slot::connect(config.target.url.expose(), "target")
-            .await
-            .map_err(Error::target_db(
-                "connecting to the target to read backfill progress",
-            ))?;
+        let source = pg_connect::connect(
+            config.source.url.expose(),
+            Side::Source,
+            "connecting to the source for backfill",
+        )
+        .await?;
+        let target = pg_connect::connect(
+            config.target.url.expose(),
+            Side::Target,
+            "connecting to the target to read backfill progress",
+        )
+        .await?;
         let task = backfill::run(
             config.clone(),
             backfill_tables.to_vec(),
@@ -216,11 +220,12 @@ async fn stream(
     };
 
     // The cutover state machine (crate::cutover) runs beside the stream when asked for.
-    let status_client = slot::connect(config.target.url.expose(), "target")
-        .await
-        .map_err(Error::target_db(
-            "connecting to the target for the cutover state",
-        ))?;
+    let status_client = pg_connect::connect(
+        config.target.url.expose(),
+        Side::Target,
+        "connecting to the target for the cutover state",
+    )
+    .await?;
     let (cutover_lsn_tx, cutover_lsn) = watch::channel(None::<u64>);
     let mut cutover_task: Option<tokio::task::JoinHandle<Result<(), Error>>> = None;
     let recorded = crate::cutover::load(&status_client, &config.source.slot).await?;
@@ -407,12 +412,18 @@ fn spawn_cutover(
 ) -> tokio::task::JoinHandle<Result<(), Error>> {
     let config = config.clone();
     tokio::spawn(async move {
-        let source = slot::connect(config.source.url.expose(), "source")
-            .await
-            .map_err(Error::source_db("connecting to the source for cutover"))?;
-        let target = slot::connect(config.target.url.expose(), "target")
-            .await
-            .map_err(Error::target_db("connecting to the target for cutover"))?;
+        let source = pg_connect::connect(
+            config.source.url.expose(),
+            Side::Source,
+            "connecting to the source for cutover",
+        )
+        .await?;
+        let target = pg_connect::connect(
+            config.target.url.expose(),
+            Side::Target,
+            "connecting to the target for cutover",
+        )
+        .await?;
         crate::cutover::run(&config, &source, &target, &lsn).await
     })
 }

@@ -12,21 +12,10 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{quote_qualified, Config};
 use crate::error::Error;
-
-/// Connects with tokio-postgres and drives the connection in a named task.
-pub async fn connect(url: &str, what: &'static str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, connection = what, "connection closed");
-        }
-    });
-    Ok(client)
-}
 
 /// A legacy column as the stream sends it (attnum order, no dropped or generated columns).
 #[derive(Debug, Clone)]

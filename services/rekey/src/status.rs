@@ -7,6 +7,7 @@ use std::fmt;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::error::Error;
+use crate::pg_connect::{self, Side};
 use crate::slot::{self, SlotPosition};
 use crate::writer::lsn_text;
 
@@ -165,15 +166,11 @@ pub async fn read(config: &Config) -> Result<Status, Error> {
         ..Default::default()
     };
     if !config.source.url.expose().is_empty() {
-        let c = slot::connect(config.source.url.expose(), "source")
-            .await
-            .map_err(Error::source_db("connecting"))?;
+        let c = pg_connect::connect(config.source.url.expose(), Side::Source, "connecting").await?;
         status.source = slot::slot_position(&c, &config.source.slot).await?;
     }
     if !config.target.url.expose().is_empty() {
-        let c = slot::connect(config.target.url.expose(), "target")
-            .await
-            .map_err(Error::target_db("connecting"))?;
+        let c = pg_connect::connect(config.target.url.expose(), Side::Target, "connecting").await?;
         let exists: bool = c
             .query_one("SELECT to_regclass('rekey.checkpoint') IS NOT NULL", &[])
             .await
@@ -205,9 +202,7 @@ pub async fn resolve_uuid(
             "target.url: missing: set REKEY_TARGET_URL to resolve UUIDs".into(),
         ));
     }
-    let c = slot::connect(config.target.url.expose(), "target")
-        .await
-        .map_err(Error::target_db("connecting"))?;
+    let c = pg_connect::connect(config.target.url.expose(), Side::Target, "connecting").await?;
     for t in config.tables.iter().filter(|t| t.id.is_some()) {
         let (s, n) = t.target_parts();
         let sql = format!(

@@ -42,7 +42,8 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::event;
 use crate::fk_check::ForeignKeys;
-use crate::{publish, slot, target, telemetry};
+use crate::pg_connect::{self, Side};
+use crate::{publish, target, telemetry};
 
 const RETRY_START: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(15);
@@ -259,9 +260,12 @@ async fn toast_compression(client: &Client, config: &Config) -> Result<(), Error
 
 /// A target connection configured for applying.
 pub(crate) async fn connect_target(config: &Config) -> Result<Client, Error> {
-    let client = slot::connect(config.target.url.expose(), "target")
-        .await
-        .map_err(Error::target_db("connecting to the target"))?;
+    let client = pg_connect::connect(
+        config.target.url.expose(),
+        Side::Target,
+        "connecting to the target",
+    )
+    .await?;
     client
         .batch_execute("SET synchronous_commit = on; SET timezone = 'UTC'")
         .await

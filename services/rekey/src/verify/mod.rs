@@ -60,6 +60,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::pg_connect::Side;
 use crate::writer::lsn_text;
 
 pub use merge::{Counts, Finding, RowKey};
@@ -363,20 +364,8 @@ pub async fn run(
 }
 
 async fn connect(url: &str, legacy: bool) -> Result<Client, Error> {
-    let fail = |context: &str| {
-        let context = context.to_string();
-        move |source| {
-            if legacy {
-                Error::Source { context, source }
-            } else {
-                Error::Target { context, source }
-            }
-        }
-    };
-    let what = if legacy { "source" } else { "target" };
-    let client = crate::slot::connect(url, what)
-        .await
-        .map_err(fail("connecting"))?;
+    let side = if legacy { Side::Source } else { Side::Target };
+    let client = crate::pg_connect::connect(url, side, "connecting").await?;
     let mut session = SESSION_SQL.to_string();
     if legacy {
         session.push_str(&format!(
@@ -386,7 +375,7 @@ async fn connect(url: &str, legacy: bool) -> Result<Client, Error> {
     client
         .batch_execute(&session)
         .await
-        .map_err(fail("setting up the session"))?;
+        .map_err(side.error("setting up the session"))?;
     Ok(client)
 }
 

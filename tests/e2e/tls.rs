@@ -1,0 +1,178 @@
+//! PostgreSQL over TLS, as managed databases require: both clusters refuse rekey's role
+//! in plain text, and rekey checks their certificates (`sslmode=verify-full` against the
+//! test CA). A migration with backfill, streaming and `rekeyctl verify` works that way,
+//! and a certificate from another CA, or no TLS, stops a service with one line naming
+//! the setting.
+
+use std::time::Duration;
+
+use rekey_tests::pg::TLS_ROLE;
+use rekey_tests::{Broker, Pg, PgOptions, Pipeline, Service};
+
+async fn tls_pipeline() -> Pipeline {
+    let tls = || {
+        Pg::start_with(PgOptions {
+            tls: true,
+            ..PgOptions::default()
+        })
+    };
+    let (legacy, target, broker) = tokio::join!(tls(), tls(), Broker::start());
+    Pipeline::assemble(
+        legacy,
+        target,
+        broker,
+        rekey_tests::pipeline::promptstudio_config(),
+    )
+    .await
+}
+
+/// The rekey sessions on a cluster: (backend type, TLS in use).
+async fn rekey_sessions(client: &tokio_postgres::Client) -> Vec<(String, bool)> {
+    client
+        .query(
+            "SELECT a.backend_type, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.usename = $1 ORDER BY 1",
+            &[&TLS_ROLE],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_migration_runs_over_tls_with_the_servers_certificates_checked() {
+    let mut p = tls_pipeline().await;
+    let legacy = p.legacy_client().await;
+    rekey_workload::seed(&legacy, 0.01, 5).await.expect("seed");
+    p.start().await;
+    let mut legacy = p.legacy_client().await;
+    let mut w = rekey_workload::Workload::new(6);
+    for _ in 0..200 {
+        w.step(&mut legacy).await.expect("workload step");
+    }
+    p.assert_converged().await;
+
+    let sessions = rekey_sessions(&legacy).await;
+    assert!(
+        sessions.iter().any(|(kind, _)| kind == "walsender"),
+        "the reader streams as {TLS_ROLE}: {sessions:?}"
+    );
+    assert!(
+        sessions.iter().all(|(_, ssl)| *ssl),
+        "every rekey session on the legacy database uses TLS: {sessions:?}"
+    );
+    let target_sessions = rekey_sessions(&p.target_client().await).await;
+    assert!(
+        !target_sessions.is_empty() && target_sessions.iter().all(|(_, ssl)| *ssl),
+        "the writer's sessions use TLS: {target_sessions:?}"
+    );
+
+    let mut verify = Service::spawn(
+        "rekeyctl",
+        &["--config", &p.config_arg(), "verify"],
+        &p.env(),
+    );
+    let status = verify
+        .wait_exit(Duration::from_secs(120))
+        .await
+        .expect("verify exits");
+    assert!(
+        status.success(),
+        "verify over TLS found differences or failed:\n{}",
+        verify.output()
+    );
+}
+
+/// Runs `binary` with `REKEY_<SIDE>_URL` set to `url`; its exit code and its one error line.
+async fn error_with_url(
+    p: &Pipeline,
+    binary: &str,
+    var: &'static str,
+    url: String,
+) -> (i32, String) {
+    let mut env = p.env();
+    env.retain(|(k, _)| *k != var);
+    env.push((var, url));
+    let mut service = Service::spawn(binary, &["--config", &p.config_arg()], &env);
+    let status = service
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("{binary} stops instead of retrying"));
+    let out = service.output();
+    let prefix = format!("{binary}: error: ");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(lines.len(), 1, "exactly one error line, got:\n{out}");
+    (status.code().unwrap_or(-1), lines[0].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_from_another_ca_or_no_tls_stops_the_service_with_one_line() {
+    let p = tls_pipeline().await;
+    let legacy_url = p.legacy.service_url(rekey_tests::pipeline::DB);
+    let target_url = p.target.service_url(rekey_tests::pipeline::DB);
+    let other_ca = |url: &str, pg: &Pg| {
+        url.replace(
+            &pg.ca_path().display().to_string(),
+            &pg.other_ca_path().display().to_string(),
+        )
+    };
+
+    let (code, line) = error_with_url(
+        &p,
+        "rekey-reader",
+        "REKEY_SOURCE_URL",
+        other_ca(&legacy_url, &p.legacy),
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        line.contains("source database")
+            && line.contains("certificate")
+            && line.contains("sslrootcert"),
+        "{line}"
+    );
+
+    let (code, line) = error_with_url(
+        &p,
+        "rekey-writer",
+        "REKEY_TARGET_URL",
+        other_ca(&target_url, &p.target),
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        line.contains("target database")
+            && line.contains("certificate")
+            && line.contains("sslrootcert"),
+        "{line}"
+    );
+
+    // Without TLS the server refuses the role: named, not retried.
+    let plain = legacy_url.replace("sslmode=verify-full", "sslmode=disable");
+    let (code, line) = error_with_url(&p, "rekey-reader", "REKEY_SOURCE_URL", plain).await;
+    assert_ne!(code, 0);
+    assert!(line.contains("no encryption"), "{line}");
+
+    // A checking mode without a CA to check against is a configuration error.
+    let no_ca = format!(
+        "{}?sslmode=verify-full",
+        legacy_url.split('?').next().unwrap()
+    );
+    let (code, line) = error_with_url(&p, "rekey-reader", "REKEY_SOURCE_URL", no_ca).await;
+    assert_eq!(code, 2);
+    assert!(
+        line.contains("source.url") && line.contains("needs sslrootcert"),
+        "{line}"
+    );
+
+    let slots: i64 = p
+        .legacy_client()
+        .await
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "no slot is left holding WAL");
+}
