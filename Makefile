@@ -40,7 +40,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) \
 	  | awk 'BEGIN {FS = ":.*## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
-tools: ## Install what is missing: tansu broker, cargo-nextest, PostgreSQL 15 server
+tools: ## Install what is missing: tansu broker, cargo-nextest, PostgreSQL 15 server, OpenSSL
 	@if tansu --version >/dev/null 2>&1 || [ -x "$(CARGO_BIN)/tansu" ]; then \
 	  echo "tools: tansu present ($$(command -v tansu || echo $(CARGO_BIN)/tansu))"; \
 	else \
@@ -61,6 +61,15 @@ tools: ## Install what is missing: tansu broker, cargo-nextest, PostgreSQL 15 se
 	  apt-get update -q && { apt-get install -y -q postgresql-15 || apt-get install -y -q postgresql; }; \
 	else \
 	  echo "tools: PostgreSQL server binaries (initdb) missing: install postgresql-15, e.g. sudo apt-get install -y postgresql-15" >&2; \
+	  exit 1; \
+	fi
+	@if pkg-config --exists openssl 2>/dev/null && command -v openssl >/dev/null 2>&1; then \
+	  echo "tools: OpenSSL headers and command present (librdkafka's TLS; the TLS tests' certificates)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "tools: installing libssl-dev, pkg-config and openssl"; \
+	  apt-get update -q && apt-get install -y -q libssl-dev pkg-config openssl; \
+	else \
+	  echo "tools: OpenSSL missing: install libssl-dev, pkg-config and openssl, e.g. sudo apt-get install -y libssl-dev pkg-config openssl" >&2; \
 	  exit 1; \
 	fi
 	@if [ "$$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then \

@@ -1,13 +1,15 @@
-//! PostgreSQL over TLS, as managed databases require: both clusters refuse rekey's role
-//! in plain text, and rekey checks their certificates (`sslmode=verify-full` against the
-//! test CA). A migration with backfill, streaming and `rekeyctl verify` works that way,
-//! and a certificate from another CA, or no TLS, stops a service with one line naming
-//! the setting.
+//! TLS, as managed databases and Kafka services require. PostgreSQL: both clusters
+//! refuse rekey's role in plain text, and rekey checks their certificates
+//! (`sslmode=verify-full` against the test CA). A migration with backfill, streaming and
+//! `rekeyctl verify` works that way, and a certificate from another CA, or no TLS, stops
+//! a service with one line naming the setting. Kafka: the broker is reachable only
+//! through a TLS front (`security.protocol=ssl`, the test CA in `ssl.ca.location`).
 
 use std::time::Duration;
 
 use rekey_tests::pg::TLS_ROLE;
 use rekey_tests::{Broker, Pg, PgOptions, Pipeline, Service};
+use tokio::net::TcpStream;
 
 async fn tls_pipeline() -> Pipeline {
     let tls = || {
@@ -85,16 +87,17 @@ async fn a_migration_runs_over_tls_with_the_servers_certificates_checked() {
     );
 }
 
-/// Runs `binary` with `REKEY_<SIDE>_URL` set to `url`; its exit code and its one error line.
-async fn error_with_url(
+/// Runs `binary` with the environment variable `var` set to `value`; its exit code and
+/// its one error line.
+async fn error_with_env(
     p: &Pipeline,
     binary: &str,
     var: &'static str,
-    url: String,
+    value: String,
 ) -> (i32, String) {
     let mut env = p.env();
     env.retain(|(k, _)| *k != var);
-    env.push((var, url));
+    env.push((var, value));
     let mut service = Service::spawn(binary, &["--config", &p.config_arg()], &env);
     let status = service
         .wait_exit(Duration::from_secs(60))
@@ -119,7 +122,7 @@ async fn a_certificate_from_another_ca_or_no_tls_stops_the_service_with_one_line
         )
     };
 
-    let (code, line) = error_with_url(
+    let (code, line) = error_with_env(
         &p,
         "rekey-reader",
         "REKEY_SOURCE_URL",
@@ -134,7 +137,7 @@ async fn a_certificate_from_another_ca_or_no_tls_stops_the_service_with_one_line
         "{line}"
     );
 
-    let (code, line) = error_with_url(
+    let (code, line) = error_with_env(
         &p,
         "rekey-writer",
         "REKEY_TARGET_URL",
@@ -151,7 +154,7 @@ async fn a_certificate_from_another_ca_or_no_tls_stops_the_service_with_one_line
 
     // Without TLS the server refuses the role: named, not retried.
     let plain = legacy_url.replace("sslmode=verify-full", "sslmode=disable");
-    let (code, line) = error_with_url(&p, "rekey-reader", "REKEY_SOURCE_URL", plain).await;
+    let (code, line) = error_with_env(&p, "rekey-reader", "REKEY_SOURCE_URL", plain).await;
     assert_ne!(code, 0);
     assert!(line.contains("no encryption"), "{line}");
 
@@ -160,7 +163,7 @@ async fn a_certificate_from_another_ca_or_no_tls_stops_the_service_with_one_line
         "{}?sslmode=verify-full",
         legacy_url.split('?').next().unwrap()
     );
-    let (code, line) = error_with_url(&p, "rekey-reader", "REKEY_SOURCE_URL", no_ca).await;
+    let (code, line) = error_with_env(&p, "rekey-reader", "REKEY_SOURCE_URL", no_ca).await;
     assert_eq!(code, 2);
     assert!(
         line.contains("source.url") && line.contains("needs sslrootcert"),
@@ -175,4 +178,66 @@ async fn a_certificate_from_another_ca_or_no_tls_stops_the_service_with_one_line
         .unwrap()
         .get(0);
     assert_eq!(slots, 0, "no slot is left holding WAL");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_runs_through_a_broker_reachable_only_over_tls() {
+    let (legacy, target, broker) = tokio::join!(Pg::start(), Pg::start(), Broker::start_tls());
+    let mut p = Pipeline::assemble(
+        legacy,
+        target,
+        broker,
+        rekey_tests::pipeline::promptstudio_config(),
+    )
+    .await;
+    let legacy = p.legacy_client().await;
+    rekey_workload::seed(&legacy, 0.01, 7).await.expect("seed");
+    p.start().await;
+    let mut legacy = p.legacy_client().await;
+    let mut w = rekey_workload::Workload::new(8);
+    for _ in 0..200 {
+        w.step(&mut legacy).await.expect("workload step");
+    }
+    p.assert_converged().await;
+
+    // What the services reached is a TLS endpoint: plain Kafka there gets no answer.
+    let mut plain = TcpStream::connect(p.broker.bootstrap().replace("localhost", "127.0.0.1"))
+        .await
+        .expect("connect to the TLS front");
+    let api_versions = [0u8, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0, 0];
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain.write_all(&api_versions).await.unwrap();
+    let mut answer = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_secs(5), plain.read_exact(&mut answer)).await;
+    // Either the front hangs up or it answers with a TLS alert record (0x15), not Kafka.
+    assert!(
+        !matches!(read, Ok(Ok(_))) || answer[0] == 0x15,
+        "a plain-text Kafka request to the TLS front got an answer: {answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_ca_file_that_is_not_there_is_named() {
+    let (legacy, target, broker) = tokio::join!(Pg::start(), Pg::start(), Broker::start_tls());
+    let p = Pipeline::assemble(
+        legacy,
+        target,
+        broker,
+        rekey_tests::pipeline::promptstudio_config(),
+    )
+    .await;
+    for binary in ["rekey-reader", "rekey-writer"] {
+        let (code, line) = error_with_env(
+            &p,
+            binary,
+            "REKEY_KAFKA_OPTION_SSL_CA_LOCATION",
+            "/nonexistent/kafka-ca.pem".into(),
+        )
+        .await;
+        assert_eq!(code, 2, "{line}");
+        assert!(
+            line.contains("ssl.ca.location") && line.contains("/nonexistent/kafka-ca.pem"),
+            "{line}"
+        );
+    }
 }

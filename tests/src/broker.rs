@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::certs::Certs;
+use crate::tls_proxy::TlsProxy;
 use crate::wait::{file_tail, fmt_secs, free_port, keep_test_dirs, unique_temp_dir};
 
 /// How long a (re)start may take before the harness gives up.
@@ -23,6 +25,8 @@ pub struct Broker {
     child: Option<Child>,
     /// False until the first start succeeded: a failed start has already shown the log.
     started: bool,
+    /// [`Broker::start_tls`]: the TLS front clients connect to, and its certificates.
+    tls: Option<(TlsProxy, Certs)>,
 }
 
 /// Where tansu keeps the log.
@@ -83,9 +87,53 @@ impl Broker {
         broker
     }
 
-    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    /// A broker clients reach only over TLS: tansu behind a [`TlsProxy`] whose
+    /// certificate (for `localhost`) the test CA signed; see [`Broker::client_env`].
+    pub async fn start_tls() -> Broker {
+        let front = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the TLS front");
+        let mut broker = Broker::new(free_port(), Storage::Sqlite);
+        let certs = crate::certs::make(&broker.dir, |program, args| {
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            cmd
+        })
+        .await;
+        let proxy = TlsProxy::start(front, &certs.cert, &certs.key, broker.port);
+        broker.tls = Some((proxy, certs));
+        if let Err(e) = broker.launch().await {
+            panic!("{e}");
+        }
+        broker
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers` (`localhost:PORT` of the TLS front).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.tls {
+            Some((proxy, _)) => format!("localhost:{}", proxy.port),
+            None => format!("127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The librdkafka settings rekey's services need for this broker, as environment
+    /// variables: TLS against the test CA for [`Broker::start_tls`], none otherwise.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        let Some((_, certs)) = &self.tls else {
+            return Vec::new();
+        };
+        vec![
+            ("REKEY_KAFKA_OPTION_SECURITY_PROTOCOL", "ssl".into()),
+            (
+                "REKEY_KAFKA_OPTION_SSL_CA_LOCATION",
+                certs.ca.display().to_string(),
+            ),
+            // The front listens on 127.0.0.1 only; `localhost` may resolve to ::1 first.
+            ("REKEY_KAFKA_OPTION_BROKER_ADDRESS_FAMILY", "v4".into()),
+        ]
+    }
+
+    /// The test CA that signed the TLS front's certificate and a CA that did not.
+    pub fn certs(&self) -> Option<&Certs> {
+        self.tls.as_ref().map(|(_, certs)| certs)
     }
 
     /// Kills the broker with SIGKILL; its data stays for [`Broker::restart`].
@@ -174,6 +222,7 @@ impl Broker {
             storage,
             child: None,
             started: false,
+            tls: None,
         }
     }
 
@@ -184,10 +233,11 @@ impl Broker {
         let tansu = self.tansu.clone();
         let log = self.open_log();
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.bootstrap());
         let mut cmd = Command::new(&tansu);
         cmd.arg("broker")
             .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", self.storage.engine()])
             .current_dir(&self.dir)
             .stdin(Stdio::null())

@@ -21,8 +21,10 @@
 //! ```
 
 pub mod broker;
+pub mod certs;
 pub mod pg;
 pub mod process;
+pub mod tls_proxy;
 pub mod wait;
 
 pub use broker::Broker;

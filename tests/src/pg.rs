@@ -192,86 +192,24 @@ impl Pg {
 
     /// The CA that signed a TLS cluster's certificate (PEM).
     pub fn ca_path(&self) -> PathBuf {
-        self.dir.join("ca.crt")
+        crate::certs::Certs::in_dir(&self.dir).ca
     }
 
     /// Another CA, which signed nothing this cluster shows (PEM).
     pub fn other_ca_path(&self) -> PathBuf {
-        self.dir.join("other-ca.crt")
+        crate::certs::Certs::in_dir(&self.dir).other_ca
     }
 
     /// Certificates made with `openssl` (as the server's user), `ssl = on`, and a
     /// `pg_hba.conf` that takes the TLS role only over TLS.
     async fn set_up_tls(&self) {
-        std::fs::write(
-            self.dir.join("server.ext"),
-            "basicConstraints = critical, CA:FALSE\n\
-             subjectAltName = DNS:localhost, IP:127.0.0.1\n",
-        )
-        .expect("write server.ext");
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let steps: Vec<Vec<&str>> = vec![
-            [
-                &["req", "-x509"][..],
-                &ec,
-                &["-keyout", "ca.key", "-out", "ca.crt"],
-            ]
-            .concat(),
-            [
-                &["req", "-x509"][..],
-                &ec,
-                &["-keyout", "other-ca.key", "-out", "other-ca.crt"],
-            ]
-            .concat(),
-            [
-                &["req"][..],
-                &ec,
-                &["-keyout", "data/server.key", "-out", "server.csr"],
-            ]
-            .concat(),
-            vec![
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-extfile",
-                "server.ext",
-                "-out",
-                "data/server.crt",
-            ],
-        ];
-        let subjects = [
-            "/CN=rekey test CA",
-            "/CN=rekey other CA",
-            "/CN=localhost",
-            "",
-        ];
-        for (mut args, subject) in steps.into_iter().zip(subjects) {
-            args.extend(["-days", "2"]);
-            if !subject.is_empty() {
-                args.extend(["-subj", subject]);
-            }
-            let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-            let out = run_async(self.command(Path::new("openssl"), &args)).await;
-            if !out.status.success() {
-                panic!(
-                    "openssl {args:?} failed (is openssl installed?):\n{}",
-                    output_text(&out)
-                );
-            }
-        }
-        self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        let certs =
+            crate::certs::make(&self.dir, |program, args| self.command(program, args)).await;
+        self.append_conf(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            certs.cert.display(),
+            certs.key.display()
+        ));
         std::fs::write(
             self.data_dir().join("pg_hba.conf"),
             format!(
@@ -410,7 +348,7 @@ if [ -d "$data" ]; then "$@"; [ "$keep" = 1 ] || rm -rf "$dir"; fi"#;
     }
 
     /// A command for a PostgreSQL program, run as `postgres` when we are root.
-    fn command(&self, program: &Path, args: &[&std::ffi::OsStr]) -> Command {
+    pub(crate) fn command(&self, program: &Path, args: &[&std::ffi::OsStr]) -> Command {
         let mut cmd = if running_as_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(program);
@@ -532,7 +470,7 @@ fn prepare_dir_for_postgres(dir: &Path) {
     }
 }
 
-async fn run_async(cmd: Command) -> Output {
+pub(crate) async fn run_async(cmd: Command) -> Output {
     let desc = format!("{cmd:?}");
     tokio::process::Command::from(cmd)
         .output()
@@ -545,7 +483,7 @@ fn run_sync(mut cmd: Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-fn output_text(out: &Output) -> String {
+pub(crate) fn output_text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

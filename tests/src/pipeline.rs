@@ -95,7 +95,7 @@ impl Pipeline {
 
     /// The environment every rekey process gets.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("REKEY_SOURCE_URL", self.legacy.service_url(DB)),
             ("REKEY_TARGET_URL", self.target.service_url(DB)),
             ("REKEY_KAFKA_BROKERS", self.broker.bootstrap()),
@@ -105,7 +105,9 @@ impl Pipeline {
                 "RUST_LOG",
                 std::env::var("REKEY_TEST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
             ),
-        ]
+        ];
+        env.extend(self.broker.client_env());
+        env
     }
 
     pub fn config_arg(&self) -> String {

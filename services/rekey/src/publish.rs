@@ -35,13 +35,26 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// Checks the pass-through options without connecting: librdkafka names an unknown or
-/// invalid one. The services call it first, so a typo is a configuration error (exit 2,
+/// invalid one, and the files they name must be readable. The services call it first, so a typo is a configuration error (exit 2,
 /// not retried) and the reader leaves no slot holding WAL behind.
 pub fn check_settings(kafka: &KafkaConfig) -> Result<(), Error> {
     client_config(kafka)
         .create_native_config()
         .map(drop)
-        .map_err(|e| Error::Config(format!("kafka.options: {e}")))
+        .map_err(|e| Error::Config(format!("kafka.options: {e}")))?;
+    // librdkafka reads the files it is given (`ssl.ca.location`, `ssl.key.location`, …)
+    // only when a client is created, and says little more than "system lib": name the
+    // setting and the file here.
+    for (name, value) in &kafka.options {
+        if name.ends_with(".location") && value != "probe" && !value.is_empty() {
+            if let Err(e) = std::fs::File::open(value) {
+                return Err(Error::Config(format!(
+                    "kafka.options: {name}: cannot read {value}: {e}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, Error> {
