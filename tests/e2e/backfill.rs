@@ -121,20 +121,7 @@ async fn existing_rows_arrive_while_changes_stream() {
     assert_indexes_back(&p, &before).await;
     // Foreign keys too: rows the stream wrote before their parents' chunks all point at
     // existing rows now (rekeyctl verify checks every reference).
-    let mut verify = Service::spawn(
-        "rekeyctl",
-        &["--config", &p.config_arg(), "verify"],
-        &p.env(),
-    );
-    let status = verify
-        .wait_exit(Duration::from_secs(120))
-        .await
-        .expect("verify exits");
-    assert!(
-        status.success(),
-        "verify found differences:\n{}",
-        verify.output()
-    );
+    p.assert_verify_clean().await;
     let copied: i64 = backfill_state(&p).await.iter().map(|t| t.1).sum();
     assert!(
         copied as u64 >= seeded.total() * 9 / 10,
@@ -367,20 +354,7 @@ async fn a_killed_writer_loses_and_double_counts_no_chunk() {
         "no workload ran, so every seeded row is copied and counted exactly once: {state:?}"
     );
     assert_indexes_back(&p, &before).await;
-    let mut verify = Service::spawn(
-        "rekeyctl",
-        &["--config", &p.config_arg(), "verify"],
-        &p.env(),
-    );
-    let status = verify
-        .wait_exit(Duration::from_secs(120))
-        .await
-        .expect("verify exits");
-    assert!(
-        status.success(),
-        "verify found differences:\n{}",
-        verify.output()
-    );
+    p.assert_verify_clean().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

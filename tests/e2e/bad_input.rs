@@ -7,25 +7,7 @@ use rekey_tests::{Broker, Pg, PgOptions, Pipeline, Service};
 
 /// Runs the reader to its exit and returns (exit code, its one `error:` line).
 async fn reader_error(p: &Pipeline, env: Vec<(&'static str, String)>) -> (i32, String) {
-    service_error("rekey-reader", p, env).await
-}
-
-/// Runs `binary` to its exit and returns (exit code, its one `error:` line).
-async fn service_error(
-    binary: &str,
-    p: &Pipeline,
-    env: Vec<(&'static str, String)>,
-) -> (i32, String) {
-    let mut service = Service::spawn(binary, &["--config", &p.config_arg()], &env);
-    let status = service
-        .wait_exit(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|| panic!("{binary} exits on bad input"));
-    let out = service.output();
-    let prefix = format!("{binary}: error: ");
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
-    assert_eq!(lines.len(), 1, "exactly one error line, got:\n{out}");
-    (status.code().unwrap_or(-1), lines[0].to_string())
+    p.service_error("rekey-reader", env).await
 }
 
 async fn slot_exists(p: &Pipeline) -> bool {
@@ -107,7 +89,7 @@ async fn a_kafka_setting_from_the_environment_reaches_the_client_and_a_wrong_one
     let mut env = p.env();
     env.push(("REKEY_KAFKA_OPTION_NO_SUCH_SETTING", "1".into()));
     for binary in ["rekey-reader", "rekey-writer"] {
-        let (code, line) = service_error(binary, &p, env.clone()).await;
+        let (code, line) = p.service_error(binary, env.clone()).await;
         assert_eq!(code, 2, "{line}");
         assert!(line.contains("no.such.setting"), "{line}");
     }
@@ -236,7 +218,7 @@ async fn without_backfill_a_writer_not_allowed_to_skip_foreign_keys_leaves_them_
 async fn a_writer_not_allowed_to_skip_foreign_keys_is_told_the_grant() {
     let p = Pipeline::new().await;
     let env = writer_no_superuser(&p).await;
-    let (code, line) = service_error("rekey-writer", &p, env.clone()).await;
+    let (code, line) = p.service_error("rekey-writer", env.clone()).await;
     assert_eq!(code, 2, "{line}");
     assert!(
         line.contains("GRANT SET ON PARAMETER session_replication_role TO"),

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use rekey_tests::pg::TLS_ROLE;
-use rekey_tests::{Broker, Pg, PgOptions, Pipeline, Service};
+use rekey_tests::{Broker, Pg, PgOptions, Pipeline};
 use tokio::net::TcpStream;
 
 async fn tls_pipeline() -> Pipeline {
@@ -71,20 +71,7 @@ async fn a_migration_runs_over_tls_with_the_servers_certificates_checked() {
         "the writer's sessions use TLS: {target_sessions:?}"
     );
 
-    let mut verify = Service::spawn(
-        "rekeyctl",
-        &["--config", &p.config_arg(), "verify"],
-        &p.env(),
-    );
-    let status = verify
-        .wait_exit(Duration::from_secs(120))
-        .await
-        .expect("verify exits");
-    assert!(
-        status.success(),
-        "verify over TLS found differences or failed:\n{}",
-        verify.output()
-    );
+    p.assert_verify_clean().await;
 }
 
 /// Runs `binary` with the environment variable `var` set to `value`; its exit code and
@@ -98,16 +85,7 @@ async fn error_with_env(
     let mut env = p.env();
     env.retain(|(k, _)| *k != var);
     env.push((var, value));
-    let mut service = Service::spawn(binary, &["--config", &p.config_arg()], &env);
-    let status = service
-        .wait_exit(Duration::from_secs(60))
-        .await
-        .unwrap_or_else(|| panic!("{binary} stops instead of retrying"));
-    let out = service.output();
-    let prefix = format!("{binary}: error: ");
-    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
-    assert_eq!(lines.len(), 1, "exactly one error line, got:\n{out}");
-    (status.code().unwrap_or(-1), lines[0].to_string())
+    p.service_error(binary, env).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -110,6 +110,43 @@ impl Pipeline {
         env
     }
 
+    /// Runs `binary` with `env` to its exit and returns (exit code, its one `error:`
+    /// line); panics unless it exits within a minute with exactly one such line.
+    pub async fn service_error(
+        &self,
+        binary: &str,
+        env: Vec<(&'static str, String)>,
+    ) -> (i32, String) {
+        let mut service = Service::spawn(binary, &["--config", &self.config_arg()], &env);
+        let status = service
+            .wait_exit(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("{binary} exits on bad input"));
+        let out = service.output();
+        let prefix = format!("{binary}: error: ");
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(lines.len(), 1, "exactly one error line, got:\n{out}");
+        (status.code().unwrap_or(-1), lines[0].to_string())
+    }
+
+    /// Runs `rekeyctl verify` and asserts that it finds the two stores equal.
+    pub async fn assert_verify_clean(&self) {
+        let mut verify = Service::spawn(
+            "rekeyctl",
+            &["--config", &self.config_arg(), "verify"],
+            &self.env(),
+        );
+        let status = verify
+            .wait_exit(Duration::from_secs(120))
+            .await
+            .expect("verify exits");
+        assert!(
+            status.success(),
+            "verify found differences or failed:\n{}",
+            verify.output()
+        );
+    }
+
     pub fn config_arg(&self) -> String {
         self.config_path.display().to_string()
     }
