@@ -94,3 +94,99 @@ async fn applied(p: &Pipeline) -> f64 {
         "rekey_writer_events_applied_total",
     )
 }
+
+/// The partition's high watermark (the next offset the broker will assign).
+fn high_watermark(p: &Pipeline) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", p.broker.bootstrap())
+        .create()
+        .expect("consumer");
+    let (_, high) = consumer
+        .fetch_watermarks(&p.config().kafka.topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    high
+}
+
+async fn wait_published_past(p: &Pipeline, offset: i64) {
+    wait_until(
+        &format!("the reader published past offset {offset}"),
+        Duration::from_secs(60),
+        || async { high_watermark(p) > offset },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_behind_the_topics_retention_stops_instead_of_skipping_changes() {
+    let mut p = Pipeline::new().await;
+    // The topic as an operator might have made it: changes kept for one second.
+    {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", p.broker.bootstrap())
+            .create()
+            .expect("admin");
+        let topic = p.config().kafka.topic.clone();
+        let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "delete")
+            .set("retention.ms", "1000");
+        let created = admin
+            .create_topics([&new], &AdminOptions::new())
+            .await
+            .expect("create topic");
+        assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    }
+    p.start().await;
+    p.legacy_sql("INSERT INTO prompt_labs (id, lab_id, name) VALUES (1, 'a', 'applied')")
+        .await;
+    p.assert_converged().await;
+
+    let mut writer = p.writer.take().unwrap();
+    writer.sigterm();
+    writer
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("writer stops");
+    let before = high_watermark(&p);
+    p.legacy_sql("INSERT INTO prompt_labs (id, lab_id, name) VALUES (2, 'b', 'never applied')")
+        .await;
+    wait_published_past(&p, before).await;
+    // Older than the retention; tansu enforces it when it starts (then every 10 minutes).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.broker.restart().await;
+    let before = high_watermark(&p);
+    p.legacy_sql("INSERT INTO prompt_labs (id, lab_id, name) VALUES (3, 'c', 'after')")
+        .await;
+    wait_published_past(&p, before).await;
+
+    let (code, line) = p.service_error("rekey-writer", p.env()).await;
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains("missing them") && line.contains("retention.ms"),
+        "{line}"
+    );
+    let lab2 = p
+        .target_value("SELECT name FROM prompt_labs WHERE legacy_id = 3")
+        .await;
+    assert_eq!(lab2, None, "nothing after the gap was applied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_topic_rekey_creates_keeps_every_change() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let mut p = Pipeline::new().await;
+    p.start().await;
+    let topic = p.config().kafka.topic.clone();
+    let admin: AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", p.broker.bootstrap())
+        .create()
+        .expect("admin");
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+        .await
+        .expect("describe the topic");
+    let config = described[0].as_ref().expect("the topic's configuration");
+    let retention = config.get("retention.ms").and_then(|e| e.value.clone());
+    assert_eq!(retention.as_deref(), Some("-1"), "{:?}", config.entries);
+}

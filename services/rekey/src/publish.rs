@@ -131,12 +131,17 @@ pub async fn wait_for_broker(
     }
 }
 
-/// Creates the topic with one partition if it does not exist.
+/// Creates the topic with one partition if it does not exist, keeping every message
+/// (`retention.ms = -1`): the writer needs each change until it has applied it, and
+/// stops if the broker deleted one first (see the writer's `check_contiguous`). Delete
+/// the topic after the cutover. Replication factor 1; on a real cluster, create the
+/// topic yourself with the replication your brokers use.
 pub async fn ensure_topic(kafka: &KafkaConfig) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> = client_config(kafka)
         .create()
         .map_err(Error::kafka("creating an admin client"))?;
-    let topic = NewTopic::new(&kafka.topic, 1, TopicReplication::Fixed(1));
+    let topic =
+        NewTopic::new(&kafka.topic, 1, TopicReplication::Fixed(1)).set("retention.ms", "-1");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&topic], &opts)

@@ -111,6 +111,8 @@ struct Session<'a> {
     /// The informational Kafka offset commit and the consumer-lag gauge: periodic.
     offset_commit: Every,
     lag_export: Every,
+    /// The offset the next message must have: the partition is read without gaps.
+    expected_offset: i64,
 }
 
 /// The backfill chunk whose parts are arriving (it spans messages).
@@ -338,6 +340,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         chunk_head: None,
         offset_commit: Every::new(OFFSET_COMMIT_INTERVAL),
         lag_export: Every::new(CONSUMER_LAG_INTERVAL),
+        expected_offset: position.next_offset,
     };
     let linger = Duration::from_millis(config.target.batch_linger_ms);
     loop {
@@ -679,6 +682,8 @@ impl Session<'_> {
         msg: &rdkafka::message::BorrowedMessage<'_>,
     ) -> Result<(), Error> {
         let offset = msg.offset();
+        check_contiguous(msg.topic(), self.expected_offset, offset)?;
+        self.expected_offset = offset + 1;
         let poison = |reason: String| Error::Poison {
             topic: msg.topic().to_string(),
             partition: msg.partition(),
@@ -764,6 +769,38 @@ impl Session<'_> {
     }
 }
 
+/// The writer reads its partition without gaps: rekey's producer neither skips offsets
+/// nor writes transaction markers, so a message at another offset than the one after the
+/// last means the broker no longer holds changes the new store has not applied. Kafka
+/// deletes them when the topic's retention (`retention.ms`, `retention.bytes`) or
+/// compaction (`cleanup.policy = compact`) passes them; a topic deleted and created again
+/// starts over below the checkpoint. librdkafka then resets to the earliest offset left
+/// (`auto.offset.reset`) and would go on as if nothing were missing: the writer stops
+/// instead, naming the cause (fatal: waiting cannot bring the changes back).
+fn check_contiguous(topic: &str, expected: i64, got: i64) -> Result<(), Error> {
+    if got == expected {
+        return Ok(());
+    }
+    let what = if got > expected {
+        format!(
+            "offsets {expected} to {} are gone: the broker deleted changes this writer never \
+             applied (the topic's retention.ms / retention.bytes, or cleanup.policy = compact)",
+            got - 1
+        )
+    } else {
+        format!(
+            "it starts over at {got}, below the writer's checkpoint {expected}: the topic was \
+             deleted and created again, with changes this writer never applied"
+        )
+    };
+    Err(Error::Setup(format!(
+        "kafka: {topic}[{}] {what}. The new store is missing them and cannot be repaired in \
+         place: give the topic unlimited retention (retention.ms = -1, not compacted) and \
+         migrate again into an empty new store with a new slot",
+        publish::PARTITION
+    )))
+}
+
 const CONSUMER_LAG_INTERVAL: Duration = Duration::from_secs(2);
 const OFFSET_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -803,6 +840,24 @@ mod tests {
             target_table: name.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_gap_or_a_restart_in_the_partition_stops_the_writer_with_the_cause() {
+        assert!(check_contiguous("t", 7, 7).is_ok());
+        let gone = check_contiguous("rekey.changes", 7, 12).unwrap_err();
+        assert!(!gone.is_retryable());
+        let text = gone.to_string();
+        assert!(
+            text.contains("rekey.changes[0] offsets 7 to 11 are gone")
+                && text.contains("retention.ms"),
+            "{text}"
+        );
+        let recreated = check_contiguous("t", 7, 0).unwrap_err().to_string();
+        assert!(
+            recreated.contains("deleted and created again"),
+            "{recreated}"
+        );
     }
 
     #[test]
