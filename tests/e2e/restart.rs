@@ -190,3 +190,57 @@ async fn the_topic_rekey_creates_keeps_every_change() {
     let retention = config.get("retention.ms").and_then(|e| e.value.clone());
     assert_eq!(retention.as_deref(), Some("-1"), "{:?}", config.entries);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_the_server_invalidated_stops_the_reader_instead_of_streaming_on() {
+    let mut p = Pipeline::new().await;
+    p.start().await;
+    p.legacy_sql("INSERT INTO prompt_labs (id, lab_id, name) VALUES (1, 'a', 'applied')")
+        .await;
+    p.assert_converged().await;
+    let mut reader = p.reader.take().unwrap();
+    reader.sigterm();
+    reader
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("reader stops");
+
+    // The reader is away while the legacy database writes more WAL than the slot may keep.
+    let legacy = p.legacy_client().await;
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        legacy.batch_execute(sql).await.unwrap();
+    }
+    for i in 2..6 {
+        legacy
+            .batch_execute(&format!(
+                "INSERT INTO prompt_labs (id, lab_id, name) VALUES ({i}, 'x{i}', 'lost'); \
+                 SELECT pg_switch_wal();"
+            ))
+            .await
+            .unwrap();
+    }
+    legacy.batch_execute("CHECKPOINT").await.unwrap();
+    let status: Option<String> = legacy
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&p.config().source.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        status.as_deref(),
+        Some("lost"),
+        "the server invalidated the slot"
+    );
+
+    let (code, line) = p.service_error("rekey-reader", p.env()).await;
+    assert_eq!(code, 2, "{line}");
+    assert!(
+        line.contains("was invalidated") && line.contains("max_slot_wal_keep_size"),
+        "{line}"
+    );
+}

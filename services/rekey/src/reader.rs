@@ -163,8 +163,17 @@ async fn stream(
         "-c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC",
     )
     .with_application_name(format!("rekey-reader:{}", config.source.slot));
-    let mut repl = ReplicationClient::connect(repl_config).await?;
-    repl.wait_started().await?;
+    let lost = |e: pgwire_replication::PgWireError| {
+        if slot::is_lost_slot(&e) {
+            slot::lost_slot(&config.source.slot)
+        } else {
+            Error::Replication(e)
+        }
+    };
+    let mut repl = ReplicationClient::connect(repl_config)
+        .await
+        .map_err(lost)?;
+    repl.wait_started().await.map_err(lost)?;
     crate::health::set_ready();
     tracing::info!(slot = %config.source.slot, publication = %config.source.publication, topic = %config.kafka.topic, "streaming");
 

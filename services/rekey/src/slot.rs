@@ -202,12 +202,13 @@ pub async fn ensure_publication(client: &Client, config: &Config) -> Result<(), 
     Ok(())
 }
 
-/// Creates the logical slot (pgoutput) if missing; returns whether it was created.
+/// Creates the logical slot (pgoutput) if missing; returns whether it was created. A
+/// slot the server has invalidated is a fatal error ([`lost_slot`]).
 pub async fn ensure_slot(client: &Client, config: &Config) -> Result<bool, Error> {
     let slot = &config.source.slot;
     let row = client
         .query_opt(
-            "SELECT plugin FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin, wal_status FROM pg_replication_slots WHERE slot_name = $1",
             &[slot],
         )
         .await
@@ -219,6 +220,10 @@ pub async fn ensure_slot(client: &Client, config: &Config) -> Result<bool, Error
                 return Err(Error::Setup(format!(
                     "replication slot {slot} exists but uses plugin {plugin:?}: drop it or configure another source.slot"
                 )));
+            }
+            let wal_status: Option<String> = r.get(1);
+            if wal_status.as_deref() == Some("lost") {
+                return Err(lost_slot(slot));
             }
             Ok(false)
         }
@@ -236,6 +241,29 @@ pub async fn ensure_slot(client: &Client, config: &Config) -> Result<bool, Error
             Ok(true)
         }
     }
+}
+
+/// The error for a slot the server invalidated: it removed WAL the slot still needed
+/// (`max_slot_wal_keep_size`), so changes the new store never received are gone for
+/// good. Fatal: retrying cannot bring them back, and streaming on from a new slot would
+/// leave the new store silently incomplete.
+pub fn lost_slot(slot: &str) -> Error {
+    Error::Setup(format!(
+        "replication slot {slot} was invalidated by the legacy server (it fell more than \
+         max_slot_wal_keep_size behind): the WAL it needed is gone and the new store is \
+         missing changes. Drop the slot and migrate again into an empty new store; raise \
+         max_slot_wal_keep_size (or set it to -1) and watch the slot's retained WAL"
+    ))
+}
+
+/// Whether a replication error is the server refusing an invalidated slot: PostgreSQL 15
+/// says "cannot read from logical replication slot" (SQLSTATE 55000; the detail that it
+/// was invalidated does not reach us), 16 and later "can no longer get changes from
+/// replication slot".
+pub fn is_lost_slot(e: &pgwire_replication::PgWireError) -> bool {
+    let text = e.to_string();
+    text.contains("cannot read from logical replication slot")
+        || text.contains("can no longer get changes from replication slot")
 }
 
 /// Writes a transactional heartbeat into the WAL: the stream carries it to the writer,
