@@ -48,6 +48,14 @@ async fn a_migration_runs_over_tls_with_the_servers_certificates_checked() {
     let mut p = tls_pipeline().await;
     let legacy = p.legacy_client().await;
     rekey_workload::seed(&legacy, 0.01, 5).await.expect("seed");
+    // The legacy side by address, the target by name: verify-full checks the
+    // certificate's IP entry for the one, its DNS entry for the other, on the SQL
+    // connections and on the replication stream alike.
+    let by_address = p
+        .legacy
+        .service_url(rekey_tests::pipeline::DB)
+        .replace("@localhost:", "@127.0.0.1:");
+    p.env_overrides.push(("REKEY_SOURCE_URL", by_address));
     p.start().await;
     let mut legacy = p.legacy_client().await;
     let mut w = rekey_workload::Workload::new(6);

@@ -22,6 +22,8 @@ pub struct Pipeline {
     pub writer: Option<Service>,
     pub reader_metrics: u16,
     pub writer_metrics: u16,
+    /// Variables that replace [`Pipeline::env`]'s own (e.g. another URL).
+    pub env_overrides: Vec<(&'static str, String)>,
     _dir: tempdir::Dir,
 }
 
@@ -89,6 +91,7 @@ impl Pipeline {
             writer: None,
             reader_metrics: free_port(),
             writer_metrics: free_port(),
+            env_overrides: Vec::new(),
             _dir: tempdir::Dir(dir),
         }
     }
@@ -107,6 +110,10 @@ impl Pipeline {
             ),
         ];
         env.extend(self.broker.client_env());
+        for &(name, ref value) in &self.env_overrides {
+            env.retain(|(k, _)| *k != name);
+            env.push((name, value.clone()));
+        }
         env
     }
 

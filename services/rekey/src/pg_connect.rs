@@ -253,7 +253,11 @@ impl PgUrl {
                 Some(RootCert::File(p)) => Some(p.clone()),
                 Some(RootCert::System) | None => None,
             },
-            sni_hostname: None,
+            // pgwire-replication refuses `verify-full` to an IP address unless told the
+            // name to check; the address itself is that name (its IP SAN), as libpq.
+            sni_hostname: (self.tls.mode == SslMode::VerifyFull
+                && self.host().parse::<std::net::IpAddr>().is_ok())
+            .then(|| self.host()),
             client_cert_pem_path: self.tls.client_cert.clone(),
             client_key_pem_path: self.tls.client_key.clone(),
         }
@@ -467,23 +471,27 @@ pub fn is_tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
 /// A TLS handshake that failed, with the setting that decides it.
 #[derive(Debug)]
 struct Refused {
-    mode: SslMode,
+    hint: &'static str,
     source: io::Error,
 }
 
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hint = match self.mode {
+impl Refused {
+    /// What the server's certificate must be under `tls`, to say after a refusal.
+    fn hint(tls: &Tls) -> &'static str {
+        match tls.mode {
             SslMode::VerifyFull => {
                 " (sslmode=verify-full: the certificate must be signed by a CA in sslrootcert \
                  and name the URL's host)"
             }
-            SslMode::VerifyCa | SslMode::Require => {
-                " (the certificate must be signed by a CA in sslrootcert)"
-            }
-            SslMode::Prefer | SslMode::Disable => "",
-        };
-        write!(f, "{}{hint}", self.source)
+            _ if tls.verifies_chain() => " (the certificate must be signed by a CA in sslrootcert)",
+            _ => "",
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.source, self.hint)
     }
 }
 
@@ -517,7 +525,7 @@ where
         })?;
         Ok(RustlsConnectOne {
             config: self.config.clone(),
-            mode: self.tls.mode,
+            hint: Refused::hint(&self.tls),
             name,
         })
     }
@@ -525,7 +533,7 @@ where
 
 struct RustlsConnectOne {
     config: Arc<ClientConfig>,
-    mode: SslMode,
+    hint: &'static str,
     name: ServerName<'static>,
 }
 
@@ -544,7 +552,7 @@ where
                 .await
                 .map(RustlsStream)
                 .map_err(|source| Refused {
-                    mode: self.mode,
+                    hint: self.hint,
                     source,
                 })
         })
