@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls};
 
+use crate::config::Config;
 use crate::error::Error;
 
 /// `sslmode`, as libpq spells it.
@@ -272,6 +273,14 @@ pub enum Side {
 }
 
 impl Side {
+    /// This side's URL in the configuration.
+    pub fn url(self, config: &Config) -> &str {
+        match self {
+            Side::Source => config.source.url.expose(),
+            Side::Target => config.target.url.expose(),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Side::Source => "source",
@@ -289,11 +298,12 @@ impl Side {
     }
 }
 
-/// Connects with tokio-postgres, in TLS as the URL says, and drives the connection in a
-/// task. `context` is what the error says was being done.
-pub async fn connect(url: &str, side: Side, context: &str) -> Result<Client, Error> {
+/// Connects to one side's database with tokio-postgres, in TLS as its URL says, and
+/// drives the connection in a task. `context` is what the error says was being done.
+pub async fn connect(config: &Config, side: Side, context: &str) -> Result<Client, Error> {
     let field = format!("{}.url", side.name());
-    let parsed = PgUrl::parse(url).map_err(|e| Error::Config(format!("{field}: {e}")))?;
+    let parsed =
+        PgUrl::parse(side.url(config)).map_err(|e| Error::Config(format!("{field}: {e}")))?;
     let tls = parsed
         .client_config()
         .map_err(|e| Error::Config(format!("{field}: {e}")))?;

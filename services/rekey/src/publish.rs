@@ -35,8 +35,9 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// Checks the pass-through options without connecting: librdkafka names an unknown or
-/// invalid one, and the files they name must be readable. The services call it first, so a typo is a configuration error (exit 2,
-/// not retried) and the reader leaves no slot holding WAL behind.
+/// invalid one, and the files they name must be readable. The services call it first,
+/// so a typo is a configuration error (exit 2, not retried) and the reader leaves no
+/// slot holding WAL behind.
 pub fn check_settings(kafka: &KafkaConfig) -> Result<(), Error> {
     client_config(kafka)
         .create_native_config()

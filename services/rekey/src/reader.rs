@@ -60,12 +60,7 @@ const EVENTS_PER_ROUND: usize = 256;
 /// are retried with backoff, resuming from the slot's confirmed position.
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error> {
     publish::check_settings(&config.kafka)?;
-    let control = pg_connect::connect(
-        config.source.url.expose(),
-        Side::Source,
-        "connecting to the source",
-    )
-    .await?;
+    let control = pg_connect::connect(&config, Side::Source, "connecting to the source").await?;
     let types = slot::check_source(&control, &config).await?;
     slot::ensure_publication(&control, &config).await?;
     slot::ensure_slot(&control, &config).await?;
@@ -177,14 +172,8 @@ async fn stream(
     crate::health::set_ready();
     tracing::info!(slot = %config.source.slot, publication = %config.source.publication, topic = %config.kafka.topic, "streaming");
 
-    let control = Arc::new(
-        pg_connect::connect(
-            config.source.url.expose(),
-            Side::Source,
-            "connecting to the source",
-        )
-        .await?,
-    );
+    let control =
+        Arc::new(pg_connect::connect(config, Side::Source, "connecting to the source").await?);
     let (ack_tx, ack_rx) = mpsc::channel::<InFlight>(config.source.max_in_flight.max(1));
     let (confirmed_tx, mut confirmed_rx) = watch::channel(0u64);
     let (failed_tx, mut failed_rx) = mpsc::channel::<Error>(1);
@@ -206,13 +195,13 @@ async fn stream(
         None
     } else {
         let source = pg_connect::connect(
-            config.source.url.expose(),
+            config,
             Side::Source,
             "connecting to the source for backfill",
         )
         .await?;
         let target = pg_connect::connect(
-            config.target.url.expose(),
+            config,
             Side::Target,
             "connecting to the target to read backfill progress",
         )
@@ -230,7 +219,7 @@ async fn stream(
 
     // The cutover state machine (crate::cutover) runs beside the stream when asked for.
     let status_client = pg_connect::connect(
-        config.target.url.expose(),
+        config,
         Side::Target,
         "connecting to the target for the cutover state",
     )
@@ -422,13 +411,13 @@ fn spawn_cutover(
     let config = config.clone();
     tokio::spawn(async move {
         let source = pg_connect::connect(
-            config.source.url.expose(),
+            &config,
             Side::Source,
             "connecting to the source for cutover",
         )
         .await?;
         let target = pg_connect::connect(
-            config.target.url.expose(),
+            &config,
             Side::Target,
             "connecting to the target for cutover",
         )

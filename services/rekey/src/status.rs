@@ -166,11 +166,11 @@ pub async fn read(config: &Config) -> Result<Status, Error> {
         ..Default::default()
     };
     if !config.source.url.expose().is_empty() {
-        let c = pg_connect::connect(config.source.url.expose(), Side::Source, "connecting").await?;
+        let c = pg_connect::connect(config, Side::Source, "connecting").await?;
         status.source = slot::slot_position(&c, &config.source.slot).await?;
     }
     if !config.target.url.expose().is_empty() {
-        let c = pg_connect::connect(config.target.url.expose(), Side::Target, "connecting").await?;
+        let c = pg_connect::connect(config, Side::Target, "connecting").await?;
         let exists: bool = c
             .query_one("SELECT to_regclass('rekey.checkpoint') IS NOT NULL", &[])
             .await
@@ -202,7 +202,7 @@ pub async fn resolve_uuid(
             "target.url: missing: set REKEY_TARGET_URL to resolve UUIDs".into(),
         ));
     }
-    let c = pg_connect::connect(config.target.url.expose(), Side::Target, "connecting").await?;
+    let c = pg_connect::connect(config, Side::Target, "connecting").await?;
     for t in config.tables.iter().filter(|t| t.id.is_some()) {
         let (s, n) = t.target_parts();
         let sql = format!(

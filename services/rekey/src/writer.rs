@@ -262,12 +262,7 @@ async fn toast_compression(client: &Client, config: &Config) -> Result<(), Error
 
 /// A target connection configured for applying.
 pub(crate) async fn connect_target(config: &Config) -> Result<Client, Error> {
-    let client = pg_connect::connect(
-        config.target.url.expose(),
-        Side::Target,
-        "connecting to the target",
-    )
-    .await?;
+    let client = pg_connect::connect(config, Side::Target, "connecting to the target").await?;
     client
         .batch_execute("SET synchronous_commit = on; SET timezone = 'UTC'")
         .await

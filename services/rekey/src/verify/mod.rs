@@ -234,8 +234,8 @@ pub async fn run(
         return Err(Error::Config("--chunk-rows: must be at least 1".into()));
     }
     let started = Instant::now();
-    let legacy = connect(config.source.url.expose(), true).await?;
-    let target = connect(config.target.url.expose(), false).await?;
+    let legacy = connect(config, Side::Source).await?;
+    let target = connect(config, Side::Target).await?;
     let rk = config.rekeyer();
     let ctx = scan::Ctx {
         legacy: &legacy,
@@ -363,9 +363,9 @@ pub async fn run(
     })
 }
 
-async fn connect(url: &str, legacy: bool) -> Result<Client, Error> {
-    let side = if legacy { Side::Source } else { Side::Target };
-    let client = crate::pg_connect::connect(url, side, "connecting").await?;
+async fn connect(config: &Config, side: Side) -> Result<Client, Error> {
+    let legacy = matches!(side, Side::Source);
+    let client = crate::pg_connect::connect(config, side, "connecting").await?;
     let mut session = SESSION_SQL.to_string();
     if legacy {
         session.push_str(&format!(
