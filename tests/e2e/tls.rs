@@ -62,6 +62,7 @@ async fn a_migration_runs_over_tls_with_the_servers_certificates_checked() {
     for _ in 0..200 {
         w.step(&mut legacy).await.expect("workload step");
     }
+    p.wait_backfilled().await;
     p.assert_converged().await;
 
     let sessions = rekey_sessions(&legacy).await;
@@ -184,6 +185,7 @@ async fn the_pipeline_runs_through_a_broker_reachable_only_over_tls() {
     for _ in 0..200 {
         w.step(&mut legacy).await.expect("workload step");
     }
+    p.wait_backfilled().await;
     p.assert_converged().await;
 
     // What the services reached is a TLS endpoint: plain Kafka there gets no answer.

@@ -260,6 +260,29 @@ impl Pipeline {
     }
 
     /// Waits until caught up, then asserts the target equals the transformed legacy store.
+    /// Waits until every configured table's backfill is recorded as done in the new
+    /// store: before that, the stream can have caught up while chunks are still to come.
+    pub async fn wait_backfilled(&self) {
+        let target = self.target_client().await;
+        let tables = self.config().tables.len();
+        wait_until("every table backfilled", Duration::from_secs(180), || {
+            let target = &target;
+            async move {
+                match target
+                    .query_one(
+                        "SELECT count(*) FILTER (WHERE done) FROM rekey.backfill",
+                        &[],
+                    )
+                    .await
+                {
+                    Ok(row) => row.get::<_, i64>(0) as usize == tables,
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
     pub async fn assert_converged(&self) {
         self.wait_caught_up(Duration::from_secs(90)).await;
         let (legacy, target) = (self.legacy_client().await, self.target_client().await);
