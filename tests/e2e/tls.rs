@@ -229,3 +229,41 @@ async fn a_kafka_ca_file_that_is_not_there_is_named() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_certificate_from_another_ca_stops_the_service_with_one_line() {
+    let (legacy, target, broker) = tokio::join!(Pg::start(), Pg::start(), Broker::start_tls());
+    let p = Pipeline::assemble(
+        legacy,
+        target,
+        broker,
+        rekey_tests::pipeline::promptstudio_config(),
+    )
+    .await;
+    let other_ca = p.broker.certs().unwrap().other_ca.display().to_string();
+    for binary in ["rekey-reader", "rekey-writer"] {
+        let (code, line) = error_with_env(
+            &p,
+            binary,
+            "REKEY_KAFKA_OPTION_SSL_CA_LOCATION",
+            other_ca.clone(),
+        )
+        .await;
+        assert_eq!(code, 2, "{line}");
+        assert!(
+            line.contains("certificate verify failed") && line.contains("ssl.ca.location"),
+            "{line}"
+        );
+    }
+    let slots: i64 = p
+        .legacy_client()
+        .await
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        slots, 1,
+        "the reader made its slot before it met the broker"
+    );
+}

@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -101,14 +102,37 @@ pub fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     }
 }
 
+/// The probe's client context: keeps librdkafka's last connection failure (its `FAIL`
+/// log line), which says why (a refused TLS handshake, say) where the request's own
+/// error says only "transport failure". Logs as the default context does.
+#[derive(Default)]
+struct ProbeContext {
+    last_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for ProbeContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "FAIL" {
+            if let Ok(mut last) = self.last_failure.lock() {
+                *last = Some(log_message.to_string());
+            }
+        }
+        DefaultClientContext.log(level, fac, log_message);
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
+
 /// Waits until the broker answers a metadata request, retrying with exponential backoff
-/// and saying so. Returns only when the broker is reachable (or on cancellation).
+/// and saying so. Returns when the broker is reachable, on cancellation, or with a fatal
+/// error when the broker's TLS certificate does not verify (waiting will not change
+/// that: the line names `ssl.ca.location`).
 pub async fn wait_for_broker(
     kafka: &KafkaConfig,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), Error> {
-    let consumer: BaseConsumer = client_config(kafka)
-        .create()
+    let consumer: BaseConsumer<ProbeContext> = client_config(kafka)
+        .create_with_context(ProbeContext::default())
         .map_err(Error::kafka("creating a metadata client"))?;
     let mut backoff = BACKOFF_START;
     loop {
@@ -121,7 +145,23 @@ pub async fn wait_for_broker(
         match probe {
             Ok(()) => return Ok(()),
             Err(e) => {
-                tracing::warn!(brokers = %kafka.brokers, error = %e, retry_in_ms = backoff.as_millis() as u64, "broker unreachable, retrying");
+                // Serve the client's queued events (its log lines among them).
+                let _ = tokio::task::block_in_place(|| consumer.poll(Duration::ZERO));
+                let why = consumer
+                    .context()
+                    .last_failure
+                    .lock()
+                    .ok()
+                    .and_then(|mut l| l.take())
+                    .unwrap_or_default();
+                if why.contains("certificate verify failed") {
+                    return Err(Error::Setup(format!(
+                        "kafka: the broker's TLS certificate does not verify ({why}): set \
+                         ssl.ca.location in [kafka.options] to the CA that signed it, for \
+                         the broker's host name"
+                    )));
+                }
+                tracing::warn!(brokers = %kafka.brokers, error = %e, why, retry_in_ms = backoff.as_millis() as u64, "broker unreachable, retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Error::kafka("waiting for the broker")(e)),
                     _ = tokio::time::sleep(backoff) => {}
