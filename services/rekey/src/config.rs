@@ -224,6 +224,14 @@ pub struct KafkaConfig {
     /// compression, …). The settings rekey's guarantees rest on cannot be overridden.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// The replication factor of the topic when rekey creates it; -1 (the default): the
+    /// broker's `default.replication.factor` (see [`crate::topic`]).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Topic settings when rekey creates it, e.g. `min.insync.replicas`; not the
+    /// retention or cleanup policy, which rekey owns.
+    #[serde(default)]
+    pub topic_options: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -356,6 +364,9 @@ fn default_linger() -> u64 {
 }
 fn default_topic() -> String {
     DEFAULT_TOPIC.into()
+}
+fn default_replication_factor() -> i32 {
+    -1
 }
 fn default_group() -> String {
     DEFAULT_GROUP_ID.into()
@@ -519,6 +530,23 @@ impl Config {
         }
         if self.kafka.topic.is_empty() {
             return bad("kafka.topic", "must not be empty");
+        }
+        if !(self.kafka.replication_factor == -1
+            || (1..=i32::from(i16::MAX)).contains(&self.kafka.replication_factor))
+        {
+            return bad(
+                "kafka.replication_factor",
+                "must be -1 (the broker's default.replication.factor) or from 1 to the number of brokers",
+            );
+        }
+        if let Some(owned) = crate::topic::OWNED_SETTINGS
+            .iter()
+            .find(|s| self.kafka.topic_options.contains_key(**s))
+        {
+            return bad(
+                &format!("kafka.topic_options.{owned}"),
+                "rekey sets it: the topic keeps every change until the writer has applied it (create the topic yourself to choose otherwise)",
+            );
         }
         if self.source.chunk_max_changes == 0 || self.source.chunk_max_bytes < 1024 {
             return bad(
@@ -850,6 +878,35 @@ mod tests {
         assert!(err.contains("source.publish_linger_ms"), "{err}");
         c.source.publish_linger_ms = 0;
         c.validate(Role::Reader).unwrap();
+    }
+
+    #[test]
+    fn the_topics_replication_and_settings_are_checked_and_named() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.kafka.replication_factor, -1, "default: the broker's");
+        let c = Config::parse(&MINIMAL.replace(
+            "[kafka]",
+            "[kafka]\nreplication_factor = 3\ntopic_options = { \"min.insync.replicas\" = \"2\" }",
+        ))
+        .unwrap();
+        assert_eq!(c.kafka.replication_factor, 3);
+        assert_eq!(c.kafka.topic_options["min.insync.replicas"], "2");
+        c.validate(Role::Control).unwrap();
+        for rf in [0, -2, 40_000] {
+            let mut c = c.clone();
+            c.kafka.replication_factor = rf;
+            let err = c.validate(Role::Control).unwrap_err().to_string();
+            assert!(err.contains("kafka.replication_factor"), "{rf}: {err}");
+        }
+        for owned in ["retention.ms", "cleanup.policy", "retention.bytes"] {
+            let mut c = c.clone();
+            c.kafka.topic_options.insert(owned.into(), "1000".into());
+            let err = c.validate(Role::Control).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("kafka.topic_options.{owned}")),
+                "{owned}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`rekey`]: the pure `(secret, entity, legacy key) → UUID` function.
 //! - [`mapping`]: turns a legacy row into the target row image (keys and foreign keys rekeyed).
 //! - [`event`]: the protobuf types built from `proto/`.
-//! - [`publish`]: the Kafka producer side and broker/topic checks.
+//! - [`publish`]: the Kafka client settings, the broker probe and the producer.
+//! - [`topic`]: the topic created with settings that keep every change, or checked.
 //! - [`backfill`]: copies pre-existing rows in watermarked chunks beside the stream.
 //! - [`watermark`]: the stream side of backfill: watermark windows, what the stream supersedes.
 //! - [`reader`]: the streaming loop that ties the above together.
@@ -52,6 +53,7 @@ pub mod slot;
 pub mod status;
 pub mod target;
 pub mod telemetry;
+pub mod topic;
 pub mod verify;
 pub mod watermark;
 pub mod writer;

@@ -1,4 +1,5 @@
-//! The Kafka side: client settings, broker reachability, the topic, the producer.
+//! The Kafka side: client settings, broker reachability, the producer (the topic is
+//! [`crate::topic`]'s).
 //!
 //! The producer is idempotent with `acks=all`: a retried send is never duplicated or
 //! reordered by the broker within a producer session, so one partition holds batches in
@@ -7,13 +8,11 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::producer::FutureProducer;
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 use crate::error::Error;
@@ -170,34 +169,4 @@ pub async fn wait_for_broker(
             }
         }
     }
-}
-
-/// Creates the topic with one partition if it does not exist, keeping every message
-/// (`retention.ms = -1`): the writer needs each change until it has applied it, and
-/// stops if the broker deleted one first (see the writer's `check_contiguous`). Delete
-/// the topic after the cutover. Replication factor 1; on a real cluster, create the
-/// topic yourself with the replication your brokers use.
-pub async fn ensure_topic(kafka: &KafkaConfig) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
-        .create()
-        .map_err(Error::kafka("creating an admin client"))?;
-    let topic =
-        NewTopic::new(&kafka.topic, 1, TopicReplication::Fixed(1)).set("retention.ms", "-1");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics([&topic], &opts)
-        .await
-        .map_err(Error::kafka("creating the topic"))?;
-    for r in results {
-        match r {
-            Ok(name) => tracing::info!(topic = %name, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(Error::kafka(format!("creating topic {name}"))(
-                    rdkafka::error::KafkaError::AdminOp(code),
-                ))
-            }
-        }
-    }
-    Ok(())
 }

@@ -66,7 +66,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
     slot::ensure_slot(&control, &config).await?;
     drop(control);
     publish::wait_for_broker(&config.kafka, &cancel).await?;
-    publish::ensure_topic(&config.kafka).await?;
+    crate::topic::ensure(&config.kafka).await?;
     let producer = publish::producer(&config.kafka)?;
     publish::warm_up(&producer, &config.kafka.topic);
     let types = Arc::new(types);

@@ -53,7 +53,7 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error> {
     publish::check_settings(&config.kafka)?;
     publish::wait_for_broker(&config.kafka, &cancel).await?;
-    publish::ensure_topic(&config.kafka).await?;
+    crate::topic::ensure(&config.kafka).await?;
     let mut backoff = RETRY_START;
     loop {
         let result = session(&config, &cancel).await;
