@@ -11,14 +11,22 @@ use rekey_tests::pg::TLS_ROLE;
 use rekey_tests::{Broker, Pg, PgOptions, Pipeline};
 use tokio::net::TcpStream;
 
-async fn tls_pipeline() -> Pipeline {
-    let tls = || {
+/// A pipeline whose PostgreSQL clusters (`pg`) or broker (`kafka`) take only TLS.
+async fn tls_pipeline(pg: bool, kafka: bool) -> Pipeline {
+    let cluster = || {
         Pg::start_with(PgOptions {
-            tls: true,
+            tls: pg,
             ..PgOptions::default()
         })
     };
-    let (legacy, target, broker) = tokio::join!(tls(), tls(), Broker::start());
+    let broker = async {
+        if kafka {
+            Broker::start_tls().await
+        } else {
+            Broker::start().await
+        }
+    };
+    let (legacy, target, broker) = tokio::join!(cluster(), cluster(), broker);
     Pipeline::assemble(
         legacy,
         target,
@@ -45,7 +53,7 @@ async fn rekey_sessions(client: &tokio_postgres::Client) -> Vec<(String, bool)> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_migration_runs_over_tls_with_the_servers_certificates_checked() {
-    let mut p = tls_pipeline().await;
+    let mut p = tls_pipeline(true, false).await;
     let legacy = p.legacy_client().await;
     rekey_workload::seed(&legacy, 0.01, 5).await.expect("seed");
     // The legacy side by address, the target by name: verify-full checks the
@@ -99,7 +107,7 @@ async fn error_with_env(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_from_another_ca_or_no_tls_stops_the_service_with_one_line() {
-    let p = tls_pipeline().await;
+    let p = tls_pipeline(true, false).await;
     let legacy_url = p.legacy.service_url(rekey_tests::pipeline::DB);
     let target_url = p.target.service_url(rekey_tests::pipeline::DB);
     let other_ca = |url: &str, pg: &Pg| {
@@ -169,14 +177,7 @@ async fn a_certificate_from_another_ca_or_no_tls_stops_the_service_with_one_line
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pipeline_runs_through_a_broker_reachable_only_over_tls() {
-    let (legacy, target, broker) = tokio::join!(Pg::start(), Pg::start(), Broker::start_tls());
-    let mut p = Pipeline::assemble(
-        legacy,
-        target,
-        broker,
-        rekey_tests::pipeline::promptstudio_config(),
-    )
-    .await;
+    let mut p = tls_pipeline(false, true).await;
     let legacy = p.legacy_client().await;
     rekey_workload::seed(&legacy, 0.01, 7).await.expect("seed");
     p.start().await;
@@ -206,14 +207,7 @@ async fn the_pipeline_runs_through_a_broker_reachable_only_over_tls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kafka_ca_file_that_is_not_there_is_named() {
-    let (legacy, target, broker) = tokio::join!(Pg::start(), Pg::start(), Broker::start_tls());
-    let p = Pipeline::assemble(
-        legacy,
-        target,
-        broker,
-        rekey_tests::pipeline::promptstudio_config(),
-    )
-    .await;
+    let p = tls_pipeline(false, true).await;
     for binary in ["rekey-reader", "rekey-writer"] {
         let (code, line) = error_with_env(
             &p,
@@ -232,14 +226,7 @@ async fn a_kafka_ca_file_that_is_not_there_is_named() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kafka_certificate_from_another_ca_stops_the_service_with_one_line() {
-    let (legacy, target, broker) = tokio::join!(Pg::start(), Pg::start(), Broker::start_tls());
-    let p = Pipeline::assemble(
-        legacy,
-        target,
-        broker,
-        rekey_tests::pipeline::promptstudio_config(),
-    )
-    .await;
+    let p = tls_pipeline(false, true).await;
     let other_ca = p.broker.certs().unwrap().other_ca.display().to_string();
     for binary in ["rekey-reader", "rekey-writer"] {
         let (code, line) = error_with_env(
