@@ -265,8 +265,8 @@ impl Applier {
         })?;
         for c in &table.columns {
             if !target.columns.contains_key(&c.name) {
-                return Err(Error::Setup(format!(
-                    "target table {} has no column {:?}: the new schema must have every mapped column",
+                return Err(Error::MissingColumn(format!(
+                    "target table {} has no column {:?}, which the legacy table has: add it to the new schema (nullable or with the legacy default); the writer applies nothing until then and goes on once it is there",
                     table.target_table, c.name
                 )));
             }

@@ -551,10 +551,19 @@ async fn select_chunk(
         key.join(", ")
     );
     let context = || format!("reading a backfill chunk of {}", table.source_name());
-    let stream = source
-        .copy_out(&sql)
-        .await
-        .map_err(Error::source_db(context()))?;
+    let stream = source.copy_out(&sql).await.map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) {
+            // The table lost a column since the reader read its description: the
+            // reader reads it again and resumes (see `reader::run`).
+            Error::MissingColumn(format!(
+                "legacy table {} no longer has a column the backfill reads ({}): reading its columns again",
+                table.source_name(),
+                e.as_db_error().map_or("", |d| d.message())
+            ))
+        } else {
+            Error::source_db(context())(e)
+        }
+    })?;
     futures::pin_mut!(stream);
     let mut rows = Vec::with_capacity(limit);
     // PostgreSQL sends one row per message; a message of several rows, or a row over

@@ -16,6 +16,12 @@ pub enum Error {
     /// fatal, says what to change.
     #[error("{0}")]
     Setup(String),
+    /// A table lacks a column rekey expects: the new store one the events carry (the
+    /// legacy table gained it first), or a legacy table one the backfill reads (dropped
+    /// since the reader described it). Retried, each attempt reading the table's columns
+    /// again: adding the column to the new store resumes the writer without a restart.
+    #[error("{0}")]
+    MissingColumn(String),
     /// A written row breaks a foreign key of the new store (see [`crate::fk_check`]):
     /// fatal, names the constraint and the row.
     #[error("{0}")]
@@ -78,6 +84,7 @@ impl Error {
             | Error::Decode(_)
             | Error::Invariant(_)
             | Error::ForeignKey(_) => false,
+            Error::MissingColumn(_) => true,
             Error::Source { source, .. } | Error::Target { source, .. } => pg_retryable(source),
             Error::Replication(e) => {
                 !matches!(

@@ -69,12 +69,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
     crate::topic::ensure(&config.kafka).await?;
     let producer = publish::producer(&config.kafka)?;
     publish::warm_up(&producer, &config.kafka.topic);
-    let types = Arc::new(types);
-    let backfill_tables = if config.backfill.enabled {
-        backfill::tables(&config, &types)?
-    } else {
-        Vec::new()
-    };
+    let mut types = Arc::new(types);
+    let mut backfill_tables = backfill_tables(&config, &types)?;
 
     let (phase_tx, phase_rx) = watch::channel(config.phase);
     if let Some(path) = config.path.clone() {
@@ -88,16 +84,29 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
     }
 
     let mut backoff = RETRY_START;
+    let mut describe_again = false;
     loop {
-        let result = stream(
-            &config,
-            &producer,
-            &types,
-            &backfill_tables,
-            phase_rx.clone(),
-            &cancel,
-        )
+        let result = async {
+            if describe_again {
+                // A legacy table lost a column the backfill reads: read the tables again.
+                let control =
+                    pg_connect::connect(&config, Side::Source, "connecting to the source").await?;
+                types = Arc::new(slot::check_source(&control, &config).await?);
+                backfill_tables = self::backfill_tables(&config, &types)?;
+                describe_again = false;
+            }
+            stream(
+                &config,
+                &producer,
+                &types,
+                &backfill_tables,
+                phase_rx.clone(),
+                &cancel,
+            )
+            .await
+        }
         .await;
+        describe_again |= matches!(result, Err(Error::MissingColumn(_)));
         crate::health::set_not_ready(match &result {
             Ok(()) => "stopping".to_string(),
             Err(e) => format!("not streaming: {}", e.one_line()),
@@ -119,6 +128,18 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Error>
                 return Err(e);
             }
         }
+    }
+}
+
+/// The tables to copy, as the legacy database describes them now.
+fn backfill_tables(
+    config: &Config,
+    types: &slot::SourceCatalog,
+) -> Result<Vec<Arc<backfill::BackfillTable>>, Error> {
+    if config.backfill.enabled {
+        backfill::tables(config, types)
+    } else {
+        Ok(Vec::new())
     }
 }
 
