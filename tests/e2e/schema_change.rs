@@ -1,6 +1,8 @@
 //! The legacy schema changes while rekey streams: a column added to a legacy table
 //! reaches the new store once the new schema has it too, in either order, and nothing
-//! the legacy table wrote in between is lost.
+//! the legacy table wrote in between is lost; a column dropped before its table's
+//! backfill is read again; a table added to the mapping of a running migration is
+//! copied and streamed after a restart.
 
 use std::time::Duration;
 
@@ -109,5 +111,56 @@ async fn a_column_dropped_from_a_legacy_table_before_its_backfill_is_read_again(
     p.assert_converged().await;
     let reader = p.reader.as_mut().unwrap();
     assert!(reader.is_running(), "{}", reader.output());
+    p.assert_verify_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_added_to_a_running_migration_is_copied_and_streamed() {
+    let full = promptstudio_config();
+    let last = full
+        .rfind("[[tables]]\nname = \"flow_executions\"")
+        .expect("flow_executions is the last table");
+    let mut p = Pipeline::with_config(&full[..last]).await;
+    let legacy = p.legacy_client().await;
+    rekey_workload::seed(&legacy, 0.01, 7).await.expect("seed");
+    p.start().await;
+    let mut legacy = p.legacy_client().await;
+    let mut w = rekey_workload::Workload::new(3);
+    for _ in 0..100 {
+        w.step(&mut legacy).await.expect("workload step");
+    }
+    p.wait_backfilled().await;
+    p.assert_converged().await;
+    let copied = p
+        .target_value("SELECT count(*)::text FROM flow_executions")
+        .await;
+    assert_eq!(copied.as_deref(), Some("0"), "not migrated yet");
+
+    // The platform team adds the table to the mapping and restarts both services.
+    for mut service in [p.reader.take(), p.writer.take()].into_iter().flatten() {
+        service.sigterm();
+        service
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .expect("stops on SIGTERM");
+    }
+    std::fs::write(
+        p.config_arg(),
+        full.replace(
+            "heartbeat_interval_secs = 10",
+            "heartbeat_interval_secs = 1",
+        ),
+    )
+    .unwrap();
+    p.start().await;
+    for _ in 0..100 {
+        w.step(&mut legacy).await.expect("workload step");
+    }
+    p.wait_backfilled().await;
+    p.assert_converged().await;
+    let copied = p
+        .target_value("SELECT count(*)::text FROM flow_executions")
+        .await;
+    assert_ne!(copied.as_deref(), Some("0"), "copied");
     p.assert_verify_clean().await;
 }
