@@ -24,6 +24,12 @@ async fn the_topic_rekey_creates_keeps_every_change_with_the_configured_replicat
     p.legacy_sql("INSERT INTO prompt_labs (id, lab_id, name) VALUES (1, 'a', 'through it')")
         .await;
     p.assert_converged().await;
+    // `[kafka.options]` is shared: each client takes the settings of its kind, so the
+    // example's producer setting (`compression.type`) draws no warning from the writer.
+    for service in [&p.reader, &p.writer] {
+        let out = service.as_ref().unwrap().output();
+        assert!(!out.contains("CONFWARN"), "{out}");
+    }
 
     let topic = p.config().kafka.topic.clone();
     let admin = admin(&p);

@@ -24,11 +24,93 @@ pub const PARTITION: i32 = 0;
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Base client settings: the pass-through options, then the bootstrap servers.
-pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+/// Which kind of librdkafka client a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// The reader's producer, and the admin client (librdkafka makes it a producer).
+    Producer,
+    /// The writer's consumer, and the broker probe.
+    Consumer,
+}
+
+/// librdkafka's settings of one kind of client (scope `P` or `C` in its
+/// CONFIGURATION.md). A client of the other kind logs a warning for each one at creation
+/// ("… is a producer property and will be ignored by this consumer instance"), which
+/// `[kafka.options]`, shared by every client, would cause at every start.
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+    "consume.callback.max.messages",
+];
+
+/// Base client settings: the pass-through options of this kind of client (see
+/// [`PRODUCER_ONLY`]), then the bootstrap servers.
+pub fn client_config(kafka: &KafkaConfig, kind: Client) -> ClientConfig {
+    let other = match kind {
+        Client::Producer => CONSUMER_ONLY,
+        Client::Consumer => PRODUCER_ONLY,
+    };
     let mut c = ClientConfig::new();
     for (k, v) in &kafka.options {
-        c.set(k, v);
+        if !other.contains(&k.as_str()) {
+            c.set(k, v);
+        }
     }
     c.set("bootstrap.servers", &kafka.brokers);
     c
@@ -39,8 +121,11 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 /// so a typo is a configuration error (exit 2, not retried) and the reader leaves no
 /// slot holding WAL behind.
 pub fn check_settings(kafka: &KafkaConfig) -> Result<(), Error> {
-    client_config(kafka)
-        .create_native_config()
+    let mut all = ClientConfig::new();
+    for (k, v) in &kafka.options {
+        all.set(k, v);
+    }
+    all.create_native_config()
         .map(drop)
         .map_err(|e| Error::Config(format!("kafka.options: {e}")))?;
     // librdkafka reads the files it is given (`ssl.ca.location`, `ssl.key.location`, …)
@@ -65,7 +150,7 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, Error> {
 }
 
 fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = client_config(kafka);
+    let mut c = client_config(kafka, Client::Producer);
     set_default(&mut c, "linger.ms", "2");
     // Retry until delivered; the reader's in-flight window applies back-pressure.
     set_default(&mut c, "message.timeout.ms", "0");
@@ -130,7 +215,7 @@ pub async fn wait_for_broker(
     kafka: &KafkaConfig,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), Error> {
-    let consumer: BaseConsumer<ProbeContext> = client_config(kafka)
+    let consumer: BaseConsumer<ProbeContext> = client_config(kafka, Client::Consumer)
         .create_with_context(ProbeContext::default())
         .map_err(Error::kafka("creating a metadata client"))?;
     let mut backoff = BACKOFF_START;
@@ -168,5 +253,36 @@ pub async fn wait_for_broker(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_gets_the_shared_options_of_its_kind() {
+        let mut kafka = KafkaConfig::default();
+        for (k, v) in [
+            ("compression.type", "none"),
+            ("fetch.wait.max.ms", "50"),
+            ("security.protocol", "ssl"),
+        ] {
+            kafka.options.insert(k.into(), v.into());
+        }
+        let producer = client_config(&kafka, Client::Producer);
+        assert_eq!(producer.get("compression.type"), Some("none"));
+        assert_eq!(producer.get("fetch.wait.max.ms"), None);
+        assert_eq!(producer.get("security.protocol"), Some("ssl"));
+        let consumer = client_config(&kafka, Client::Consumer);
+        assert_eq!(consumer.get("compression.type"), None);
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(consumer.get("security.protocol"), Some("ssl"));
+        // A typo is still named: the check sees every option.
+        kafka
+            .options
+            .insert("fetch.wait.max.mss".into(), "1".into());
+        let err = check_settings(&kafka).unwrap_err().to_string();
+        assert!(err.contains("fetch.wait.max.mss"), "{err}");
     }
 }

@@ -42,9 +42,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates the topic if it is missing, else checks the one there (see the module doc).
 pub async fn ensure(kafka: &KafkaConfig) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = publish::client_config(kafka)
-        .create()
-        .map_err(Error::kafka("creating an admin client"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        publish::client_config(kafka, publish::Client::Producer)
+            .create()
+            .map_err(Error::kafka("creating an admin client"))?;
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
     if create(&admin, kafka, &opts).await? {
         return Ok(());

@@ -291,7 +291,7 @@ async fn session(config: &Config, cancel: &CancellationToken) -> Result<(), Erro
         tracing::info!("target.replication_role = replica: foreign keys are checked at cutover, ordinary triggers do not fire");
     }
 
-    let mut cc = publish::client_config(&config.kafka);
+    let mut cc = publish::client_config(&config.kafka, publish::Client::Consumer);
     cc.set("group.id", &config.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
