@@ -198,36 +198,7 @@ async fn a_slot_the_server_invalidated_stops_the_reader_instead_of_streaming_on(
         .expect("reader stops");
 
     // The reader is away while the legacy database writes more WAL than the slot may keep.
-    let legacy = p.legacy_client().await;
-    for sql in [
-        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
-        "SELECT pg_reload_conf()",
-    ] {
-        legacy.batch_execute(sql).await.unwrap();
-    }
-    for i in 2..6 {
-        legacy
-            .batch_execute(&format!(
-                "INSERT INTO prompt_labs (id, lab_id, name) VALUES ({i}, 'x{i}', 'lost'); \
-                 SELECT pg_switch_wal();"
-            ))
-            .await
-            .unwrap();
-    }
-    legacy.batch_execute("CHECKPOINT").await.unwrap();
-    let status: Option<String> = legacy
-        .query_one(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
-            &[&p.config().source.slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        status.as_deref(),
-        Some("lost"),
-        "the server invalidated the slot"
-    );
+    invalidate_slot(&p).await;
 
     let (code, line) = p.service_error("rekey-reader", p.env()).await;
     assert_eq!(code, 2, "{line}");
@@ -248,6 +219,30 @@ async fn a_slot_invalidated_while_the_broker_is_down_stops_the_streaming_reader(
     // The broker goes away: the reader streams on but cannot confirm anything, so the
     // slot keeps the WAL from here, until the server gives up on it.
     p.broker.kill();
+    invalidate_slot(&p).await;
+
+    // The server ended the reader's stream; the reader must not wait for the broker and
+    // stream on from a slot with changes missing.
+    let reader = p.reader.as_mut().unwrap();
+    let status = reader
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("the reader stops by itself");
+    let out = reader.output();
+    assert_eq!(status.code(), Some(2), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("rekey-reader: error: "))
+        .unwrap_or_else(|| panic!("one error line:\n{out}"));
+    assert!(
+        line.contains("was invalidated") && line.contains("max_slot_wal_keep_size"),
+        "{line}"
+    );
+}
+
+/// Has the legacy server invalidate rekey's slot: it may keep 1 MB of WAL, and gets four
+/// WAL segments and a checkpoint (nothing confirms them meanwhile).
+async fn invalidate_slot(p: &Pipeline) {
     let legacy = p.legacy_client().await;
     for sql in [
         "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
@@ -277,23 +272,5 @@ async fn a_slot_invalidated_while_the_broker_is_down_stops_the_streaming_reader(
         status.as_deref(),
         Some("lost"),
         "the server invalidated the slot"
-    );
-
-    // The server ended the reader's stream; the reader must not wait for the broker and
-    // stream on from a slot with changes missing.
-    let reader = p.reader.as_mut().unwrap();
-    let status = reader
-        .wait_exit(Duration::from_secs(60))
-        .await
-        .expect("the reader stops by itself");
-    let out = reader.output();
-    assert_eq!(status.code(), Some(2), "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("rekey-reader: error: "))
-        .unwrap_or_else(|| panic!("one error line:\n{out}"));
-    assert!(
-        line.contains("was invalidated") && line.contains("max_slot_wal_keep_size"),
-        "{line}"
     );
 }
