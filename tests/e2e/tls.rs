@@ -3,7 +3,8 @@
 //! (`sslmode=verify-full` against the test CA). A migration with backfill, streaming and
 //! `rekeyctl verify` works that way, and a certificate from another CA, or no TLS, stops
 //! a service with one line naming the setting. Kafka: the broker is reachable only
-//! through a TLS front (`security.protocol=ssl`, the test CA in `ssl.ca.location`).
+//! through a TLS front (`security.protocol=ssl`, the test CA in `ssl.ca.location`), or
+//! only with SASL/SCRAM.
 
 use std::time::Duration;
 
@@ -252,5 +253,50 @@ async fn a_kafka_certificate_from_another_ca_stops_the_service_with_one_line() {
     assert_eq!(
         slots, 1,
         "the reader made its slot before it met the broker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_runs_through_a_broker_that_requires_scram() {
+    let (legacy, target, broker) = tokio::join!(Pg::start(), Pg::start(), Broker::start_scram());
+    let mut p = Pipeline::assemble(
+        legacy,
+        target,
+        broker,
+        rekey_tests::pipeline::promptstudio_config(),
+    )
+    .await;
+    // The password reaches the services as REKEY_KAFKA_OPTION_SASL_PASSWORD (from the
+    // Secret in Kubernetes), never in the file.
+    assert!(!std::fs::read_to_string(p.config_arg())
+        .unwrap()
+        .contains("scram-test-password"));
+    let legacy = p.legacy_client().await;
+    rekey_workload::seed(&legacy, 0.01, 7).await.expect("seed");
+    p.start().await;
+    let mut legacy = p.legacy_client().await;
+    let mut w = rekey_workload::Workload::new(9);
+    for _ in 0..100 {
+        w.step(&mut legacy).await.expect("workload step");
+    }
+    p.wait_backfilled().await;
+    p.assert_converged().await;
+
+    // The broker refuses a client that does not authenticate.
+    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", p.broker.bootstrap())
+        .create()
+        .expect("admin");
+    let plain = tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|m| m.brokers().len())
+    })
+    .await
+    .unwrap();
+    assert!(
+        plain.is_err(),
+        "an unauthenticated client got metadata: {plain:?}"
     );
 }

@@ -27,6 +27,8 @@ pub struct Broker {
     started: bool,
     /// [`Broker::start_tls`]: the TLS front clients connect to, and its certificates.
     tls: Option<(TlsProxy, Certs)>,
+    /// [`Broker::start_scram`]: the user and password clients must authenticate with.
+    scram: Option<(String, String)>,
 }
 
 /// Where tansu keeps the log.
@@ -106,6 +108,28 @@ impl Broker {
         broker
     }
 
+    /// A broker that requires SASL/SCRAM-SHA-512 (tansu's `--authentication`): started
+    /// once without it to create the user (`tansu user create`), then again with it on
+    /// the same storage; see [`Broker::client_env`].
+    pub async fn start_scram() -> Broker {
+        let mut broker = Broker::start().await;
+        let (user, password) = ("rekey".to_string(), "scram-test-password".to_string());
+        let out = Command::new(&broker.tansu)
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", broker.port))
+            .args([&user, &password])
+            .output()
+            .expect("run tansu user create");
+        assert!(
+            out.status.success(),
+            "tansu user create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        broker.scram = Some((user, password));
+        broker.restart().await;
+        broker
+    }
+
     /// `127.0.0.1:PORT`, for `bootstrap.servers` (`localhost:PORT` of the TLS front).
     pub fn bootstrap(&self) -> String {
         match &self.tls {
@@ -115,8 +139,20 @@ impl Broker {
     }
 
     /// The librdkafka settings rekey's services need for this broker, as environment
-    /// variables: TLS against the test CA for [`Broker::start_tls`], none otherwise.
+    /// variables: TLS against the test CA for [`Broker::start_tls`], the SCRAM user for
+    /// [`Broker::start_scram`], none otherwise.
     pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        if let Some((user, password)) = &self.scram {
+            return vec![
+                (
+                    "REKEY_KAFKA_OPTION_SECURITY_PROTOCOL",
+                    "sasl_plaintext".into(),
+                ),
+                ("REKEY_KAFKA_OPTION_SASL_MECHANISM", "SCRAM-SHA-512".into()),
+                ("REKEY_KAFKA_OPTION_SASL_USERNAME", user.clone()),
+                ("REKEY_KAFKA_OPTION_SASL_PASSWORD", password.clone()),
+            ];
+        }
         let Some((_, certs)) = &self.tls else {
             return Vec::new();
         };
@@ -223,6 +259,7 @@ impl Broker {
             child: None,
             started: false,
             tls: None,
+            scram: None,
         }
     }
 
@@ -239,6 +276,7 @@ impl Broker {
             .args(["--listener-url", &url])
             .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", self.storage.engine()])
+            .args(self.scram.as_ref().map(|_| "--authentication"))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log file handle"))
