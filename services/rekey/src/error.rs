@@ -93,7 +93,6 @@ impl Error {
                         | pgwire_replication::PgWireError::MessageTooLarge { .. }
                 ) && !replication_setup_error(e)
                     && !replication_tls_refusal(e)
-                    && !crate::slot::is_lost_slot(e)
             }
             // A setting librdkafka refuses stays refused.
             Error::Kafka {

@@ -179,6 +179,8 @@ async fn stream(
         "-c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC",
     )
     .with_application_name(format!("rekey-reader:{}", config.source.slot));
+    // Every replication error passes here: an invalidated slot, refused at the start or
+    // in the middle of the stream, is fatal with its cause, whatever else is retried.
     let lost = |e: pgwire_replication::PgWireError| {
         if slot::is_lost_slot(&e) {
             slot::lost_slot(&config.source.slot)
@@ -373,7 +375,7 @@ async fn stream(
                     match event {
                         Ok(Some(ev)) => if let Err(e) = state.handle(ev).await { break Some(e) },
                         Ok(None) => break Some(Error::Replication(pgwire_replication::PgWireError::Task("replication stream ended".into()))),
-                        Err(e) => break Some(e.into()),
+                        Err(e) => break Some(lost(e)),
                     }
                     handled += 1;
                     match (handled < EVENTS_PER_ROUND).then(|| repl.recv().now_or_never()).flatten() {
